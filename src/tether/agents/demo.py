@@ -1,0 +1,170 @@
+"""The offline demo agent: a scripted model that streams and calls real tools.
+
+It needs no API key, and its directives make every behaviour of the server
+easy to trigger from curl, the UI or a test:
+
+    /stream N [ms=D]   reply `w1 w2 … wN`, one word per delta, D ms apart
+    /tools K [ms=D]    one batch of K parallel `sleep` calls, then a one-line reply
+    /steps S [ms=D]    S model steps, each calling `sleep` once, then a one-line reply
+    /approve TEXT      call `write_note(text=TEXT)`, which needs a human's approval
+    /fail              the model raises, so the run fails
+
+Every tool execution appends `{"tool": name, "tool_call_id": id}` to
+`demo_tools.log` in the data directory, so tests can count executions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic_ai import Agent, RunContext
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.tools import DeferredToolRequests
+
+HELP = "Try /stream 20, /tools 3, /steps 3, /approve hello or /fail."
+
+_DIRECTIVE = re.compile(r"^/(stream|tools|steps)\s+(\d+)(?:\s+ms=(\d+))?\s*$")
+
+
+class DemoModelError(RuntimeError):
+    """Raised by the demo model on `/fail`."""
+
+
+@dataclass
+class _Turn:
+    """What the model knows when it is asked for its next response."""
+
+    prompt: str
+    tool_returns: list[ToolReturnPart]
+
+
+def _current_turn(messages: list[ModelMessage]) -> _Turn:
+    """The latest user prompt, and the tool returns that came after it."""
+    returns: list[ToolReturnPart] = []
+    for message in reversed(messages):
+        if not isinstance(message, ModelRequest):
+            continue
+        prompts = [p for p in message.parts if isinstance(p, UserPromptPart)]
+        returns[:0] = [p for p in message.parts if isinstance(p, ToolReturnPart)]
+        if prompts:
+            content = prompts[-1].content
+            text = content if isinstance(content, str) else " ".join(str(c) for c in content)
+            return _Turn(text.strip(), returns)
+    return _Turn("", returns)
+
+
+def _call(name: str, args: dict) -> DeltaToolCalls:
+    return {0: DeltaToolCall(name=name, json_args=json.dumps(args), tool_call_id=_new_call_id())}
+
+
+def _new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:16]}"
+
+
+async def _words(text: str) -> AsyncIterator[str]:
+    for i, word in enumerate(text.split(" ")):
+        yield word if i == 0 else f" {word}"
+
+
+async def demo_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+    """The scripted model: reads the directive of the current turn and plays it."""
+    turn = _current_turn(messages)
+    prompt = turn.prompt
+    if prompt == "/fail":
+        raise DemoModelError("the demo model failed, as /fail asked")
+    if prompt.startswith("/approve"):
+        text = prompt.removeprefix("/approve").strip()
+        if not turn.tool_returns:
+            yield _call("write_note", {"text": text})
+        else:
+            async for piece in _words(f"write_note says: {turn.tool_returns[-1].model_response_str()}"):
+                yield piece
+        return
+    match = _DIRECTIVE.match(prompt)
+    if match is None:
+        async for piece in _words(f'You said: "{prompt}". This is the offline demo agent. {HELP}'):
+            yield piece
+        return
+    kind, count, ms = match[1], int(match[2]), int(match[3] or 0)
+    if kind == "stream":
+        for i in range(1, count + 1):
+            if ms and i > 1:
+                await asyncio.sleep(ms / 1000)
+            yield f"w{i}" if i == 1 else f" w{i}"
+    elif kind == "tools":
+        if not turn.tool_returns and count > 0:
+            yield {
+                i: DeltaToolCall(name="sleep", json_args=json.dumps({"ms": ms}), tool_call_id=_new_call_id())
+                for i in range(count)
+            }
+        else:
+            async for piece in _words(f"Ran {len(turn.tool_returns)} sleep calls in parallel."):
+                yield piece
+    else:
+        if len(turn.tool_returns) < count:
+            yield _call("sleep", {"ms": ms})
+        else:
+            async for piece in _words(f"Finished {count} steps."):
+                yield piece
+
+
+async def demo_request(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """The same script for non-streamed requests: gathers the streamed pieces into one response."""
+    text: list[str] = []
+    calls: list[ToolCallPart] = []
+    async for piece in demo_stream(messages, info):
+        if isinstance(piece, str):
+            text.append(piece)
+        else:
+            calls += [ToolCallPart(c.name or "", c.json_args, tool_call_id=c.tool_call_id or _new_call_id())
+                      for c in piece.values()]
+    parts: list[TextPart | ToolCallPart] = [TextPart("".join(text))] if text else []
+    return ModelResponse(parts=[*parts, *calls])
+
+
+def build_demo_agent(data_dir: Path) -> Agent[None, str | DeferredToolRequests]:
+    """The demo agent, logging its tool executions to `data_dir/demo_tools.log`."""
+    tools_log = data_dir / "demo_tools.log"
+    notes = data_dir / "notes.txt"
+
+    def record(ctx: RunContext[None], tool: str) -> None:
+        with tools_log.open("a") as f:
+            f.write(json.dumps({"tool": tool, "tool_call_id": ctx.tool_call_id}) + "\n")
+
+    agent: Agent[None, str | DeferredToolRequests] = Agent(
+        FunctionModel(demo_request, stream_function=demo_stream, model_name="tether-demo"),
+        output_type=[str, DeferredToolRequests],
+        name="tether-demo",
+    )
+
+    @agent.tool
+    async def sleep(ctx: RunContext[None], ms: int) -> str:
+        """Wait `ms` milliseconds."""
+        record(ctx, "sleep")
+        await asyncio.sleep(ms / 1000)
+        return f"slept {ms} ms"
+
+    @agent.tool(requires_approval=True)
+    async def write_note(ctx: RunContext[None], text: str) -> str:
+        """Append a line to notes.txt in the data directory (needs a human's approval)."""
+        record(ctx, "write_note")
+        with notes.open("a") as f:
+            f.write(text + "\n")
+        return f"saved the note {text!r}"
+
+    return agent

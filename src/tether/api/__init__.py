@@ -1,0 +1,1 @@
+"""HTTP API: routes, request/response schemas, errors, SSE encoding."""

@@ -1,0 +1,163 @@
+"""The v1 HTTP API. Each route validates its input and calls the engine; nothing more."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+
+from tether import __version__
+from tether.api.schemas import (
+    CreateRun,
+    CreateThread,
+    ErrorOut,
+    Health,
+    RunAccepted,
+    RunList,
+    RunOut,
+    ThreadDetail,
+    ThreadList,
+    ThreadOut,
+    UpdateThread,
+)
+from tether.api.sse import EventStreamResponse
+from tether.engine import Engine
+from tether.errors import BadRequest
+
+ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 404, 409, 413, 422)}
+SSE = {200: {"content": {"text/event-stream": {}}, "description": "Server-sent events; `id:` is the seq."}}
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+health_router = APIRouter()
+
+
+def engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def resume_point(last_event_id: str | None, after: str | None) -> int:
+    """Where a stream resumes: `Last-Event-ID` (what EventSource sends) wins over `?after=`."""
+    raw = last_event_id if last_event_id is not None else after
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit():
+        raise BadRequest(f"Last-Event-ID / after must be a sequence number, got {raw!r}",
+                         code="invalid_last_event_id")
+    return int(raw)
+
+
+@health_router.get("/healthz", response_model=Health, tags=["health"])
+async def healthz() -> Health:
+    return Health(status="ok", version=__version__)
+
+
+@router.post("/threads", status_code=201, response_model=ThreadOut, tags=["threads"])
+async def create_thread(request: Request, body: CreateThread | None = Body(default=None)) -> ThreadOut:
+    body = body or CreateThread()
+    return ThreadOut.of(await engine(request).create_thread(body.title, body.metadata))
+
+
+@router.get("/threads", response_model=ThreadList, tags=["threads"])
+async def list_threads(
+    request: Request,
+    limit: int = Query(50, ge=1, le=500),
+    before: float | None = Query(None, description="Only threads updated before this time (paging)."),
+) -> ThreadList:
+    threads = await engine(request).list_threads(limit, before)
+    return ThreadList(threads=[ThreadOut.of(t) for t in threads])
+
+
+@router.get("/threads/{thread_id}", response_model=ThreadDetail, tags=["threads"])
+async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
+    eng = engine(request)
+    thread = await eng.get_thread(thread_id)
+    last_seq = await eng.last_seq(thread_id)
+    active = await eng.active_runs(thread_id)
+    messages = await eng.thread_messages(thread_id)
+    current = next((r for r in active if r.status != "queued"), active[0] if active else None)
+    return ThreadDetail(
+        **ThreadOut.of(thread).model_dump(),
+        status=current.status if current else "idle",
+        active_run=RunOut.of(current) if current else None,
+        last_seq=last_seq,
+        messages=messages,
+    )
+
+
+@router.patch("/threads/{thread_id}", response_model=ThreadOut, tags=["threads"])
+async def update_thread(request: Request, thread_id: str, body: UpdateThread) -> ThreadOut:
+    return ThreadOut.of(await engine(request).rename_thread(thread_id, body.title))
+
+
+@router.delete("/threads/{thread_id}", status_code=204, tags=["threads"])
+async def delete_thread(request: Request, thread_id: str) -> Response:
+    await engine(request).delete_thread(thread_id)
+    return Response(status_code=204)
+
+
+@router.post("/threads/{thread_id}/runs", status_code=202, response_model=RunAccepted, tags=["runs"])
+async def create_run(request: Request, thread_id: str, body: CreateRun) -> RunAccepted:
+    run = await engine(request).start_run(thread_id, body.input, body.multitask, body.model)
+    return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
+
+
+@router.get("/threads/{thread_id}/runs", response_model=RunList, tags=["runs"])
+async def list_runs(request: Request, thread_id: str) -> RunList:
+    return RunList(runs=[RunOut.of(r) for r in await engine(request).list_runs(thread_id)])
+
+
+@router.get("/threads/{thread_id}/stream", responses=SSE, tags=["streams"])
+async def stream_thread(
+    request: Request,
+    thread_id: str,
+    last_event_id: str | None = Header(None),
+    after: str | None = Query(None, description="Resume after this seq (Last-Event-ID wins if both are set)."),
+) -> EventStreamResponse:
+    follower = await engine(request).follow_thread(thread_id, resume_point(last_event_id, after))
+    return EventStreamResponse(follower, f"thread {thread_id} stream")
+
+
+@router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"])
+async def get_run(request: Request, run_id: str) -> RunOut:
+    return RunOut.of(await engine(request).get_run(run_id))
+
+
+@router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunOut, tags=["runs"])
+async def cancel_run(request: Request, run_id: str) -> RunOut:
+    return RunOut.of(await engine(request).cancel_run(run_id))
+
+
+@router.get("/runs/{run_id}/stream", responses=SSE, tags=["streams"])
+async def stream_run(
+    request: Request,
+    run_id: str,
+    last_event_id: str | None = Header(None),
+    after: str | None = Query(None),
+) -> EventStreamResponse:
+    follower = await engine(request).follow_run(run_id, resume_point(last_event_id, after))
+    return EventStreamResponse(follower, f"run {run_id} stream")
+
+
+@router.get("/events", responses=SSE, tags=["streams"])
+async def stream_feed(
+    request: Request,
+    last_event_id: str | None = Header(None),
+    after: str | None = Query(None),
+) -> EventStreamResponse:
+    """Every thread's run activity. A fresh connection first gets a snapshot of the active runs."""
+    eng = engine(request)
+    resuming = last_event_id is not None or after is not None
+    if resuming:
+        return EventStreamResponse(await eng.follow_feed(resume_point(last_event_id, after)), "feed")
+    seq = await eng.last_feed_seq()
+    runs = await eng.active_runs_everywhere()
+    snapshot = {
+        "type": "snapshot",
+        "activeRuns": [
+            {"runId": r.id, "threadId": r.thread_id, "status": r.status} for r in runs
+        ],
+        "timestamp": int(time.time() * 1000),
+    }
+    preamble = f"id: {seq}\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n".encode()
+    return EventStreamResponse(await eng.follow_feed(seq), "feed", preamble=preamble)

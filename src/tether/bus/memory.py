@@ -1,0 +1,70 @@
+"""The in-process bus: one server process, any number of subscribers per channel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+
+class MemorySubscription:
+    def __init__(
+        self, bus: MemoryBus, channel: str, maxsize: int, on_overflow: Callable[[], None] | None
+    ) -> None:
+        self._bus = bus
+        self._channel = channel
+        self._maxsize = maxsize
+        self._items: list[Any] = []
+        self._ready = asyncio.Event()
+        self.overflowed = False
+        self._on_overflow = on_overflow
+
+    def _offer(self, items: list[Any]) -> None:
+        if self.overflowed:
+            return
+        if len(self._items) + len(items) > self._maxsize:
+            self.overflowed = True
+            self._items = []
+            self.close()
+            if self._on_overflow is not None:
+                self._on_overflow()
+        else:
+            self._items.extend(items)
+        self._ready.set()
+
+    async def get(self, max_wait: float) -> list[Any]:
+        if not self._items and not self.overflowed:
+            try:
+                await asyncio.wait_for(self._ready.wait(), max_wait)
+            except TimeoutError:
+                return []
+        self._ready.clear()
+        items, self._items = self._items, []
+        return items
+
+    def close(self) -> None:
+        self._bus._unsubscribe(self._channel, self)
+
+
+class MemoryBus:
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[MemorySubscription]] = defaultdict(set)
+
+    def subscribe(
+        self, channel: str, maxsize: int, on_overflow: Callable[[], None] | None = None
+    ) -> MemorySubscription:
+        sub = MemorySubscription(self, channel, maxsize, on_overflow)
+        self._subscribers[channel].add(sub)
+        return sub
+
+    def publish(self, channel: str, items: list[Any]) -> None:
+        for sub in list(self._subscribers.get(channel, ())):
+            sub._offer(items)
+
+    def _unsubscribe(self, channel: str, sub: MemorySubscription) -> None:
+        subs = self._subscribers.get(channel)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[channel]

@@ -1,0 +1,191 @@
+"""The `tether` command: serve, and look at threads and runs of a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tether import __version__
+from tether.config import (
+    DEFAULT_KEEPALIVE_SECONDS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_STREAM_BUFFER,
+    Settings,
+)
+
+EPILOG = """\
+Every flag can also be set with an environment variable, named in brackets.
+Examples:
+  tether serve                                  the offline demo agent on http://127.0.0.1:8765
+  tether serve --agent myapp.agents:support     your own pydantic-ai Agent
+  tether serve --model openai:gpt-4.1           any pydantic-ai model (the provider's key in the env)
+  tether threads                                list the threads of a running server
+  tether runs thr_123                           list the runs of one thread
+"""
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="Tether: a self-hosted server for AI-agent chats whose runs never break.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the server", description="Run the Tether server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--host", default=_env("TETHER_HOST", "127.0.0.1"),
+                       help="address to bind; a non-loopback address needs --token [TETHER_HOST]")
+    serve.add_argument("--port", type=int, default=int(_env("TETHER_PORT", DEFAULT_PORT)),
+                       help="port to bind [TETHER_PORT]")
+    serve.add_argument("--data-dir", type=Path, default=Path(_env("TETHER_DATA_DIR", ".tether")),
+                       help="where the SQLite database and demo files live [TETHER_DATA_DIR]")
+    serve.add_argument("--agent", default=_env("TETHER_AGENT"),
+                       help="your pydantic-ai Agent as module:attribute; default: the offline demo agent "
+                            "[TETHER_AGENT]")
+    serve.add_argument("--model", default=_env("TETHER_MODEL"),
+                       help="a pydantic-ai model string used for every run, e.g. openai:gpt-4.1 [TETHER_MODEL]")
+    serve.add_argument("--token", default=_env("TETHER_TOKEN"),
+                       help="require 'Authorization: Bearer TOKEN' on every /v1 route [TETHER_TOKEN]")
+    serve.add_argument("--log-level", default=_env("TETHER_LOG_LEVEL", "info"),
+                       choices=["debug", "info", "warning", "error"], help="log verbosity [TETHER_LOG_LEVEL]")
+    serve.add_argument("--max-body-bytes", type=int,
+                       default=int(_env("TETHER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+                       help="larger request bodies get 413 [TETHER_MAX_BODY_BYTES]")
+    serve.add_argument("--stream-buffer", type=int,
+                       default=int(_env("TETHER_STREAM_BUFFER", DEFAULT_STREAM_BUFFER)),
+                       help="events a live stream may fall behind before it is cut off (the client "
+                            "resumes from the log) [TETHER_STREAM_BUFFER]")
+    serve.add_argument("--keepalive", type=float,
+                       default=float(_env("TETHER_KEEPALIVE", DEFAULT_KEEPALIVE_SECONDS)),
+                       help="seconds between keep-alive comments on idle streams [TETHER_KEEPALIVE]")
+    serve.set_defaults(handler=serve_command)
+
+    for name, help_ in (("threads", "list the threads of a running server"),
+                        ("runs", "list the runs of one thread")):
+        sub = commands.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name == "runs":
+            sub.add_argument("thread", help="the thread id")
+        sub.add_argument("--url", default=_env("TETHER_URL", f"http://127.0.0.1:{DEFAULT_PORT}"),
+                         help="the server [TETHER_URL]")
+        sub.add_argument("--token", default=_env("TETHER_TOKEN"), help="bearer token [TETHER_TOKEN]")
+        sub.add_argument("--json", action="store_true", help="print the server's JSON as it is")
+        sub.set_defaults(handler=threads_command if name == "threads" else runs_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.handler(args))
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tether.agents import AgentLoadError
+    from tether.app import create_app
+
+    settings = Settings(
+        data_dir=args.data_dir, host=args.host, port=args.port, agent=args.agent, model=args.model,
+        token=args.token or None, log_level=args.log_level, max_body_bytes=args.max_body_bytes,
+        stream_buffer=args.stream_buffer, keepalive_seconds=args.keepalive,
+    )
+    if not settings.binds_loopback_only and not settings.token:
+        print(f"tether: refusing to bind {settings.host} without a token: anyone on the network could "
+              "drive your agent. Set --token (or TETHER_TOKEN), or bind 127.0.0.1.", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except AgentLoadError as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 2
+    agent_name = settings.agent or "the offline demo agent"
+    model = f", model {settings.model}" if settings.model else ""
+    print(f"Tether {__version__} serving {agent_name}{model} on http://{settings.host}:{settings.port} "
+          f"(data in {settings.data_dir})", flush=True)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        log_config=None, timeout_graceful_shutdown=3, lifespan="on",
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+class _DropCutOffNoise(logging.Filter):
+    """A stream cut off for a stalled client ends without completing its response, on purpose;
+    Tether logs why (tether.stream), so uvicorn's generic complaint about it only confuses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing response."
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    logging.getLogger("uvicorn.error").addFilter(_DropCutOffNoise())
+
+
+def _get(args: argparse.Namespace, path: str) -> Any:
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    try:
+        response = httpx.get(args.url.rstrip("/") + path, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"tether: cannot reach {args.url}: {exc}") from exc
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code >= 400:
+        message = body.get("error", {}).get("message", response.text)
+        raise SystemExit(f"tether: {response.status_code}: {message}")
+    return body
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def threads_command(args: argparse.Namespace) -> int:
+    body = _get(args, "/v1/threads")
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    _table([[t["id"], t["title"] or "", _when(t["updated_at"])] for t in body["threads"]],
+           ["THREAD", "TITLE", "UPDATED"])
+    return 0
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    body = _get(args, f"/v1/threads/{args.thread}/runs")
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    rows = []
+    for r in body["runs"]:
+        took = f"{r['finished_at'] - r['started_at']:.2f}s" if r["finished_at"] and r["started_at"] else "-"
+        rows.append([r["id"], r["status"], _when(r["created_at"]), took, (r["error"] or "")[:60]])
+    _table(rows, ["RUN", "STATUS", "CREATED", "TOOK", "ERROR"])
+    return 0

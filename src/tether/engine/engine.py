@@ -1,0 +1,281 @@
+"""The engine: threads and runs, their lifecycle, and the streams that follow them.
+
+Routes call the engine; the engine calls the store, the journal and the bus.
+Every run is an asyncio task owned here: started by `start_run`, cancelled
+by `cancel_run` or `stop`, and awaited before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from typing import Any, Literal
+
+from ag_ui.core import RunErrorEvent
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessagesTypeAdapter
+from pydantic_ai.models import infer_model
+from pydantic_ai.ui.ag_ui import AGUIAdapter
+
+from tether import events
+from tether.bus import FEED_CHANNEL, Bus, thread_channel
+from tether.config import Settings
+from tether.engine.journal import Journal
+from tether.engine.runner import RunExecution
+from tether.engine.streams import Follower
+from tether.errors import BadRequest, Conflict, NotFound, Unavailable
+from tether.events import feed_notice
+from tether.store import ACTIVE_STATUSES, TERMINAL_STATUSES, Run, Store, Thread
+
+log = logging.getLogger("tether.engine")
+
+Multitask = Literal["reject", "enqueue"]
+
+
+class Engine:
+    def __init__(self, store: Store, bus: Bus, agent: Agent[Any, Any], settings: Settings) -> None:
+        self.store = store
+        self.bus = bus
+        self.agent = agent
+        self.settings = settings
+        self.journal = Journal(store, bus, settings.commit_interval)
+        self._executions: dict[str, tuple[RunExecution, asyncio.Task[None]]] = {}
+        self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._followups: set[asyncio.Task[None]] = set()
+        self._accepting = False
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.journal.start()
+        await self._settle_orphans()
+        self._accepting = True
+
+    async def stop(self) -> None:
+        """Stop accepting runs, cancel the ones in flight, and commit what they recorded."""
+        self._accepting = False
+        tasks = [task for _, task in self._executions.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.journal.stop()
+        await self.store.close()
+
+    async def _settle_orphans(self) -> None:
+        """Runs a dead process left active. They cannot resume yet, so they end failed, with the reason."""
+        for run in await self.store.runs_with_status(ACTIVE_STATUSES):
+            if run.status == "queued":
+                continue
+            await self.journal.open_thread(run.thread_id)
+            reason = "the server stopped while this run was active"
+            self.journal.event(run.thread_id, run.id, events.RUN_ERROR,
+                               events.encode(_run_error(reason, "server_restarted")))
+            self.journal.update_run(run.id, status="failed", finished_at=time.time(), error=reason)
+            self.journal.feed(run.thread_id, run.id,
+                              feed_notice("run.status", run.thread_id, run.id, status="failed", error=reason))
+            log.warning("run %s failed: %s", run.id, reason)
+        await self.journal.commit()
+        queued_threads = {run.thread_id for run in await self.store.runs_with_status(("queued",))}
+        for thread_id in queued_threads:
+            await self._start_next(thread_id)
+
+    # threads
+
+    async def create_thread(self, title: str | None = None, metadata: dict[str, Any] | None = None) -> Thread:
+        now = time.time()
+        thread = Thread(id=_new_id("thr"), title=title, created_at=now, updated_at=now, metadata=metadata or {})
+        await self.store.create_thread(thread)
+        self.journal.feed(thread.id, None, feed_notice("thread.created", thread.id, title=title))
+        await self.journal.commit()
+        return thread
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        thread = await self.store.get_thread(thread_id)
+        if thread is None:
+            raise NotFound(f"thread {thread_id!r} not found")
+        return thread
+
+    async def list_threads(self, limit: int, before: float | None = None) -> list[Thread]:
+        return await self.store.list_threads(limit, before)
+
+    async def rename_thread(self, thread_id: str, title: str | None) -> Thread:
+        await self.get_thread(thread_id)
+        await self.store.update_thread(thread_id, title=title)
+        self.journal.feed(thread_id, None, feed_notice("thread.updated", thread_id, title=title))
+        await self.journal.commit()
+        return await self.get_thread(thread_id)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete a thread, its runs and its log; an active run is cancelled first."""
+        await self.get_thread(thread_id)
+        async with self._thread_locks[thread_id]:
+            for run in await self.active_runs(thread_id):
+                await self._cancel(run, "the thread was deleted")
+            await self.journal.commit()
+            await self.store.delete_thread(thread_id)
+            self.journal.forget_thread(thread_id)
+            self.journal.feed(thread_id, None, feed_notice("thread.deleted", thread_id))
+            await self.journal.commit()
+
+    async def thread_messages(self, thread_id: str) -> list[dict[str, Any]]:
+        """The thread's stored history, rendered as AG-UI messages."""
+        checkpoint = await self.store.latest_checkpoint(thread_id)
+        if checkpoint is None:
+            return []
+        history = ModelMessagesTypeAdapter.validate_json(checkpoint.messages)
+        return [m.model_dump(mode="json", by_alias=True, exclude_none=True)
+                for m in AGUIAdapter.dump_messages(history)]
+
+    async def last_seq(self, thread_id: str) -> int:
+        return await self.store.last_seq(thread_id)
+
+    # runs
+
+    async def start_run(
+        self, thread_id: str, user_input: str, multitask: Multitask = "reject", model: str | None = None
+    ) -> Run:
+        if not self._accepting:
+            raise Unavailable("the server is shutting down; try again in a moment")
+        if model is not None:
+            _check_model(model)
+        async with self._thread_locks[thread_id]:
+            await self.get_thread(thread_id)
+            active = await self.active_runs(thread_id)
+            if active and multitask == "reject":
+                raise Conflict(
+                    f"thread {thread_id!r} already has an active run {active[0].id!r} ({active[0].status}); "
+                    "wait for it, cancel it, or send with multitask 'enqueue'",
+                    code="thread_busy",
+                )
+            run = Run(id=_new_id("run"), thread_id=thread_id, status="queued", input=user_input,
+                      multitask=multitask, model=model, created_at=time.time())
+            await self.store.create_run(run)
+            self.journal.feed(thread_id, run.id, feed_notice("run.created", thread_id, run.id, status="queued"))
+            await self.journal.commit()
+            if not active:
+                await self._launch(run)
+        return run
+
+    async def get_run(self, run_id: str) -> Run:
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found")
+        return run
+
+    async def list_runs(self, thread_id: str) -> list[Run]:
+        await self.get_thread(thread_id)
+        return await self.store.list_runs(thread_id)
+
+    async def active_runs(self, thread_id: str) -> list[Run]:
+        return [r for r in await self.store.list_runs(thread_id) if r.status in ACTIVE_STATUSES]
+
+    async def active_runs_everywhere(self) -> list[Run]:
+        return await self.store.runs_with_status(ACTIVE_STATUSES)
+
+    async def cancel_run(self, run_id: str) -> Run:
+        run = await self.get_run(run_id)
+        if run.status in TERMINAL_STATUSES:
+            raise Conflict(f"run {run_id!r} has already ended ({run.status})", code="run_ended")
+        async with self._thread_locks[run.thread_id]:
+            await self._cancel(run, "cancelled by request")
+        return await self.get_run(run_id)
+
+    async def _cancel(self, run: Run, reason: str) -> None:
+        execution = self._executions.get(run.id)
+        if execution is not None:
+            runner, task = execution
+            runner.cancel(reason)
+            await asyncio.shield(task)
+            return
+        self.journal.update_run(run.id, status="cancelled", finished_at=time.time(), error=reason)
+        self.journal.feed(run.thread_id, run.id,
+                          feed_notice("run.status", run.thread_id, run.id, status="cancelled", error=reason))
+        await self.journal.commit()
+
+    async def _launch(self, run: Run) -> None:
+        await self.journal.open_thread(run.thread_id)
+        runner = RunExecution(run, self.agent, self.journal, self.store, self.settings.model)
+        task = asyncio.create_task(runner.execute(), name=f"run-{run.id}")
+        self._executions[run.id] = (runner, task)
+        task.add_done_callback(lambda _: self._run_done(run))
+
+    def _run_done(self, run: Run) -> None:
+        self._executions.pop(run.id, None)
+        if self._accepting:
+            follow_up = asyncio.create_task(self._start_next(run.thread_id), name=f"next-{run.thread_id}")
+            self._followups.add(follow_up)
+            follow_up.add_done_callback(self._followups.discard)
+
+    async def _start_next(self, thread_id: str) -> None:
+        """Start the oldest queued run of a thread, if nothing else is active there."""
+        async with self._thread_locks[thread_id]:
+            runs = await self.active_runs(thread_id)
+            if any(r.status != "queued" or r.id in self._executions for r in runs):
+                return
+            queued = [r for r in runs if r.status == "queued"]
+            if queued and self._accepting:
+                await self._launch(queued[0])
+
+    # streams
+
+    async def follow_thread(self, thread_id: str, after: int) -> Follower:
+        await self.get_thread(thread_id)
+        await self._check_after(after, await self.store.last_seq(thread_id))
+        return Follower(
+            bus=self.bus, channel=thread_channel(thread_id),
+            read=lambda after_, limit: self.store.read_events(thread_id, after_, limit),
+            after=after, buffer=self.settings.stream_buffer, keepalive=self.settings.keepalive_seconds,
+        )
+
+    async def follow_run(self, run_id: str, after: int) -> Follower:
+        run = await self.get_run(run_id)
+        await self._check_after(after, await self.store.last_seq(run.thread_id))
+        return Follower(
+            bus=self.bus, channel=thread_channel(run.thread_id),
+            read=lambda after_, limit: self.store.read_events(run.thread_id, after_, limit, run_id=run_id),
+            after=after, buffer=self.settings.stream_buffer, keepalive=self.settings.keepalive_seconds,
+            keep=lambda event: event.run_id == run_id,
+            ends=lambda event: event.run_id == run_id and _ends_run(event),
+        )
+
+    async def follow_feed(self, after: int) -> Follower:
+        await self._check_after(after, await self.store.last_feed_seq())
+        return Follower(
+            bus=self.bus, channel=FEED_CHANNEL, read=self.store.read_feed,
+            after=after, buffer=self.settings.stream_buffer, keepalive=self.settings.keepalive_seconds,
+        )
+
+    async def last_feed_seq(self) -> int:
+        return await self.store.last_feed_seq()
+
+    @staticmethod
+    async def _check_after(after: int, last: int) -> None:
+        if after > last:
+            raise BadRequest(
+                f"Last-Event-ID {after} is ahead of the last event ({last}); resume from an id you received",
+                code="invalid_last_event_id",
+            )
+
+
+def _ends_run(event: events.Event) -> bool:
+    """A run's stream ends at RUN_ERROR, or RUN_FINISHED that is not a pause for approval."""
+    if event.type == events.RUN_ERROR:
+        return True
+    return event.type == events.RUN_FINISHED and '"type":"interrupt"' not in event.data
+
+
+def _run_error(message: str, code: str) -> RunErrorEvent:
+    return RunErrorEvent(message=message, code=code, timestamp=int(time.time() * 1000))
+
+
+def _check_model(model: str) -> None:
+    try:
+        infer_model(model)
+    except Exception as exc:
+        raise BadRequest(f"model {model!r} is not available: {exc}", code="invalid_model") from exc
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"

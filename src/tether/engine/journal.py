@@ -1,0 +1,158 @@
+"""The journal: group commit of everything a run produces, then fan-out.
+
+Runs append events, run status changes, feed notices and checkpoints without
+waiting; a single writer task gathers them for a few milliseconds, writes them
+in one transaction, and only then publishes the events on the bus. So a client
+never sees an event that a crash could lose (durable before visible), and
+order is simple: whatever was appended first is committed no later.
+
+Sequence numbers are given at append time, per thread, +1 per event. One
+process owns a thread's appends at a time (one active run per thread), so a
+counter in memory, loaded from the store on first use, is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from tether.bus import FEED_CHANNEL, Bus, thread_channel
+from tether.events import Event, FeedItem
+from tether.store import Checkpoint, Store, WriteBatch
+
+log = logging.getLogger("tether.journal")
+
+
+class JournalError(RuntimeError):
+    """A group commit failed: what was appended with it is lost, and its runs must fail."""
+
+
+class Journal:
+    def __init__(self, store: Store, bus: Bus, interval: float, max_pending: int = 2_000) -> None:
+        self._store = store
+        self._bus = bus
+        self._interval = interval
+        self._max_pending = max_pending
+        self._pending = WriteBatch()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._next_seq: dict[str, int] = {}
+        self._failures: dict[str, BaseException] = {}
+        self._feed_seq = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._writing = False
+
+    async def start(self) -> None:
+        self._feed_seq = await self._store.last_feed_seq()
+        self._task = asyncio.create_task(self._write_loop(), name="tether-journal")
+
+    async def stop(self) -> None:
+        """Commit what is pending, then stop the writer."""
+        if self._task is None:
+            return
+        await self.commit()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    async def open_thread(self, thread_id: str) -> None:
+        """Load a thread's sequence counter; call before appending its first event."""
+        if thread_id not in self._next_seq:
+            self._next_seq[thread_id] = await self._store.last_seq(thread_id) + 1
+
+    def forget_thread(self, thread_id: str) -> None:
+        """Drop a thread's counter and any failure mark; `open_thread` reloads it from what was committed."""
+        self._next_seq.pop(thread_id, None)
+        self._failures.pop(thread_id, None)
+
+    def event(self, thread_id: str, run_id: str, type_: str, data: str) -> Event:
+        if (failure := self._failures.get(thread_id)) is not None:
+            raise JournalError(f"an earlier write of thread {thread_id} failed: {failure}") from failure
+        seq = self._next_seq[thread_id]
+        self._next_seq[thread_id] = seq + 1
+        event = Event(thread_id, seq, run_id, type_, data)
+        self._pending.events.append(event)
+        self._wake()
+        return event
+
+    def feed(self, thread_id: str, run_id: str | None, data: str) -> None:
+        self._feed_seq += 1
+        self._pending.feed.append(FeedItem(self._feed_seq, thread_id, run_id, data))
+        self._wake()
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        self._pending.run_updates.append((run_id, fields))
+        self._wake()
+
+    def checkpoint(self, checkpoint: Checkpoint) -> None:
+        self._pending.checkpoints.append(checkpoint)
+        self._wake()
+
+    @property
+    def congested(self) -> bool:
+        """True when a producer should `await commit()` before appending more (backpressure)."""
+        return len(self._pending.events) >= self._max_pending
+
+    async def commit(self) -> None:
+        """Wait until everything appended so far is durable and published."""
+        if not self._pending and not self._writing:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake()
+        await waiter
+
+    def _wake(self) -> None:
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if self._interval and not self.congested:
+                await asyncio.sleep(self._interval)
+            self._wakeup.clear()
+            batch, waiters = self._pending, self._waiters
+            self._pending, self._waiters = WriteBatch(), []
+            if not batch:
+                _resolve(waiters, None)
+                continue
+            self._writing = True
+            try:
+                await self._store.write(batch)
+            except Exception as exc:
+                threads = {e.thread_id for e in batch.events} | {c.thread_id for c in batch.checkpoints}
+                log.error("group commit of %d events failed: %s", len(batch.events), exc, exc_info=exc)
+                for thread_id in threads:
+                    self._failures[thread_id] = exc
+                    self._next_seq.pop(thread_id, None)
+                _resolve(waiters, JournalError(f"write failed: {exc}"))
+                continue
+            finally:
+                self._writing = False
+            self._publish(batch)
+            _resolve(waiters, None)
+
+    def _publish(self, batch: WriteBatch) -> None:
+        by_thread: dict[str, list[Event]] = defaultdict(list)
+        for event in batch.events:
+            by_thread[event.thread_id].append(event)
+        for thread_id, events in by_thread.items():
+            self._bus.publish(thread_channel(thread_id), events)
+        if batch.feed:
+            self._bus.publish(FEED_CHANNEL, batch.feed)
+
+
+def _resolve(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)

@@ -1,0 +1,95 @@
+"""Exact resume: replay a log from the store, then follow its live tail from the bus.
+
+The seam is where streams usually lose or repeat events. Here the follower
+subscribes to the bus *before* it queries the store, so an event committed
+after the query is in the subscription, one committed before it is in the
+query's result, and one in both is dropped by its sequence number. Nothing
+falls between.
+
+A follower that falls behind while replaying just replays again (it reads
+from the log at its own pace). One that falls more than `buffer` events
+behind the live tail is cut off (`cut_off` is set): the connection is closed
+and the client resumes from its last id, reading the log instead of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from tether.bus import Bus
+
+REPLAY_PAGE = 2_000
+
+
+class Follower:
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        channel: str,
+        read: Callable[[int, int], Awaitable[list[Any]]],
+        after: int,
+        buffer: int,
+        keepalive: float,
+        keep: Callable[[Any], bool] = lambda item: True,
+        ends: Callable[[Any], bool] = lambda item: False,
+    ) -> None:
+        self._bus = bus
+        self._channel = channel
+        self._read = read
+        self._keep = keep
+        self._ends = ends
+        self.buffer = buffer
+        self._keepalive = keepalive
+        self.last_seq = after
+        self.cut_off = asyncio.Event()
+        """Set when the client fell too far behind the live tail; the response must close."""
+        self._live = False
+
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """Batches of items in sequence order; an empty batch means "nothing new, send a keep-alive"."""
+        while True:
+            self._live = False
+            subscription = self._bus.subscribe(self._channel, self.buffer, self._overflowed)
+            try:
+                async for batch in self._replay():
+                    yield batch
+                    if self._ended(batch):
+                        return
+                if subscription.overflowed:
+                    continue  # the tail moved on while we replayed: replay again
+                self._live = True
+                while True:
+                    items = await subscription.get(self._keepalive)
+                    if subscription.overflowed:
+                        self.cut_off.set()
+                        return
+                    fresh = [i for i in items if i.seq > self.last_seq and self._keep(i)]
+                    if not items:
+                        yield []
+                    elif fresh:
+                        self.last_seq = fresh[-1].seq
+                        yield fresh
+                        if self._ended(fresh):
+                            return
+            finally:
+                subscription.close()
+
+    async def _replay(self) -> AsyncIterator[list[Any]]:
+        while True:
+            page = await self._read(self.last_seq, REPLAY_PAGE)
+            if page:
+                self.last_seq = page[-1].seq
+                yield page
+            if len(page) < REPLAY_PAGE:
+                return
+
+    def _overflowed(self) -> None:
+        # Called by the bus, possibly while the response is blocked sending to a stalled client.
+        if self._live:
+            self.cut_off.set()
+
+    def _ended(self, batch: list[Any]) -> bool:
+        return any(self._ends(item) for item in batch)

@@ -1,0 +1,73 @@
+"""The event model: what is stored, what is streamed.
+
+A thread's log is a list of AG-UI events, each stored as the exact JSON text
+that clients receive, with a per-thread sequence number (the SSE `id:`). The
+JSON is encoded once, when the event is made: AG-UI message ids are random per
+encoding, so re-deriving events at replay time would break exact resume.
+
+The feed (`GET /v1/events`) is a second, global log of small Tether-specific
+notices (a run started, changed status, finished; a thread was created or
+deleted) with its own sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ag_ui.core import BaseEvent
+
+RUN_STARTED = "RUN_STARTED"
+RUN_FINISHED = "RUN_FINISHED"
+RUN_ERROR = "RUN_ERROR"
+MESSAGES_SNAPSHOT = "MESSAGES_SNAPSHOT"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One committed event of a thread's log."""
+
+    thread_id: str
+    seq: int
+    run_id: str
+    type: str
+    data: str
+    """The AG-UI event as JSON text, exactly as sent to clients."""
+
+    def sse(self) -> bytes:
+        return f"id: {self.seq}\ndata: {self.data}\n\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class FeedItem:
+    """One committed notice of the global feed."""
+
+    seq: int
+    thread_id: str
+    run_id: str | None
+    data: str
+
+    def sse(self) -> bytes:
+        return f"id: {self.seq}\ndata: {self.data}\n\n".encode()
+
+
+def encode(event: BaseEvent) -> str:
+    """The wire form of an AG-UI event: camelCase keys, no nulls (what ag-ui's EventEncoder sends)."""
+    return event.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def is_terminal(event_type: str) -> bool:
+    """Whether an event can end a run (a run paused for approval also ends with RUN_FINISHED)."""
+    return event_type in (RUN_FINISHED, RUN_ERROR)
+
+
+def feed_notice(kind: str, thread_id: str, run_id: str | None = None, **fields: Any) -> str:
+    """A feed notice as JSON: `{"type": "run.status", "threadId": ..., "runId": ..., ...}`."""
+    body: dict[str, Any] = {"type": kind, "threadId": thread_id}
+    if run_id is not None:
+        body["runId"] = run_id
+    body.update(fields)
+    body["timestamp"] = int(time.time() * 1000)
+    return json.dumps(body, separators=(",", ":"))

@@ -1,0 +1,62 @@
+"""Versioned schema migrations for the SQLite store.
+
+Each entry upgrades the schema by one version; `PRAGMA user_version` records
+how far a database file has come. Append new migrations; never edit old ones.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: threads, runs, the per-thread event log, the global feed, checkpoints.
+    """
+    CREATE TABLE threads (
+        id          TEXT PRIMARY KEY,
+        title       TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        metadata    TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX threads_by_recent ON threads (updated_at DESC);
+
+    CREATE TABLE runs (
+        id           TEXT PRIMARY KEY,
+        thread_id    TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+        status       TEXT NOT NULL,
+        input        TEXT NOT NULL,
+        multitask    TEXT NOT NULL,
+        model        TEXT,
+        created_at   REAL NOT NULL,
+        started_at   REAL,
+        finished_at  REAL,
+        error        TEXT
+    );
+    CREATE INDEX runs_by_thread ON runs (thread_id, created_at);
+    CREATE INDEX runs_by_status ON runs (status);
+
+    CREATE TABLE events (
+        thread_id  TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        run_id     TEXT NOT NULL,
+        type       TEXT NOT NULL,
+        data       TEXT NOT NULL,
+        PRIMARY KEY (thread_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX events_by_run ON events (run_id, seq);
+
+    CREATE TABLE feed (
+        seq        INTEGER PRIMARY KEY,
+        thread_id  TEXT NOT NULL,
+        run_id     TEXT,
+        data       TEXT NOT NULL
+    );
+
+    CREATE TABLE checkpoints (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        thread_id   TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+        run_id      TEXT,
+        created_at  REAL NOT NULL,
+        messages    BLOB NOT NULL
+    );
+    CREATE INDEX checkpoints_by_thread ON checkpoints (thread_id, id);
+    """,
+]
