@@ -10,7 +10,10 @@ process being killed; only an OS crash or power loss can lose the last few.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
@@ -28,6 +31,7 @@ class SQLiteStore:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +65,18 @@ class SQLiteStore:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time: coroutines share the writer connection."""
+        async with self._write_lock:
+            await self._w.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._w
+            except BaseException:
+                await self._w.execute("ROLLBACK")
+                raise
+            await self._w.execute("COMMIT")
+
     @property
     def _w(self) -> aiosqlite.Connection:
         assert self._writer is not None, "store is not open"
@@ -74,10 +90,11 @@ class SQLiteStore:
     # threads
 
     async def create_thread(self, thread: Thread) -> None:
-        await self._w.execute(
+        async with self._transaction() as w:
+            await w.execute(
             "INSERT INTO threads (id, title, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
-            (thread.id, thread.title, thread.created_at, thread.updated_at, json.dumps(thread.metadata)),
-        )
+                (thread.id, thread.title, thread.created_at, thread.updated_at, json.dumps(thread.metadata)),
+            )
 
     async def get_thread(self, thread_id: str) -> Thread | None:
         async with self._r.execute(
@@ -97,37 +114,28 @@ class SQLiteStore:
             return [_thread(row) for row in await cur.fetchall()]
 
     async def update_thread(self, thread_id: str, *, title: str | None) -> None:
-        await self._w.execute("UPDATE threads SET title = ? WHERE id = ?", (title, thread_id))
+        async with self._transaction() as w:
+            await w.execute("UPDATE threads SET title = ? WHERE id = ?", (title, thread_id))
 
     async def delete_thread(self, thread_id: str) -> None:
-        await self._w.execute("BEGIN")
-        try:
-            await self._w.execute("DELETE FROM events WHERE thread_id = ?", (thread_id,))
-            await self._w.execute("DELETE FROM threads WHERE id = ?", (thread_id,))
-            await self._w.execute("COMMIT")
-        except BaseException:
-            await self._w.execute("ROLLBACK")
-            raise
+        async with self._transaction() as w:
+            await w.execute("DELETE FROM events WHERE thread_id = ?", (thread_id,))
+            await w.execute("DELETE FROM threads WHERE id = ?", (thread_id,))
 
     # runs
 
     async def create_run(self, run: Run) -> None:
-        await self._w.execute("BEGIN")
-        try:
-            await self._w.execute(
+        async with self._transaction() as w:
+            await w.execute(
                 f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.id, run.thread_id, run.status, run.input, run.multitask, run.model,
                     run.created_at, run.started_at, run.finished_at, run.error,
                 ),
             )
-            await self._w.execute(
+            await w.execute(
                 "UPDATE threads SET updated_at = ? WHERE id = ?", (run.created_at, run.thread_id)
             )
-            await self._w.execute("COMMIT")
-        except BaseException:
-            await self._w.execute("ROLLBACK")
-            raise
 
     async def get_run(self, run_id: str) -> Run | None:
         async with self._r.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)) as cur:
@@ -190,9 +198,7 @@ class SQLiteStore:
             return [FeedItem(*row) for row in await cur.fetchall()]
 
     async def write(self, batch: WriteBatch) -> None:
-        w = self._w
-        await w.execute("BEGIN")
-        try:
+        async with self._transaction() as w:
             if batch.events:
                 await w.executemany(
                     "INSERT INTO events (thread_id, seq, run_id, type, data) VALUES (?, ?, ?, ?, ?)",
@@ -213,10 +219,6 @@ class SQLiteStore:
                     "INSERT INTO feed (seq, thread_id, run_id, data) VALUES (?, ?, ?, ?)",
                     [(f.seq, f.thread_id, f.run_id, f.data) for f in batch.feed],
                 )
-            await w.execute("COMMIT")
-        except BaseException:
-            await w.execute("ROLLBACK")
-            raise
 
 
 def _thread(row: tuple) -> Thread:

@@ -1,0 +1,150 @@
+"""Test fixtures: real Tether servers over loopback.
+
+- `server`: a Tether app served by uvicorn in a background thread of the test
+  process (fast to start; real HTTP over 127.0.0.1). `start_server(...)`
+  starts one with any settings.
+- `TetherProcess`: a real `tether serve` subprocess, for what only a process
+  can show (startup, signals, SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from tether.app import create_app
+from tether.config import Settings
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """uvicorn serving a Tether app on its own event loop, in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = replace(settings, port=free_port())
+        self.url = f"http://127.0.0.1:{self.settings.port}"
+        self._server = uvicorn.Server(uvicorn.Config(
+            create_app(self.settings), host="127.0.0.1", port=self.settings.port,
+            log_level="warning", timeout_graceful_shutdown=1,
+        ))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=20)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator:
+    """A factory: start_server(token=..., max_body_bytes=...) → a running ServerThread."""
+    started: list[ServerThread] = []
+
+    def start(**overrides: object) -> ServerThread:
+        settings = Settings(data_dir=tmp_path / f"data{len(started)}", **overrides)  # type: ignore[arg-type]
+        server = ServerThread(settings).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server) -> ServerThread:
+    return start_server()
+
+
+class TetherProcess:
+    """`python -m tether serve` in a subprocess, on a free port and its own data dir."""
+
+    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "tether", "serve", "--port", str(self.port),
+                     "--data-dir", str(data_dir), *extra_args]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> TetherProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tether exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"tether did not become healthy:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def tether_process(tmp_path: Path) -> Iterator:
+    """A factory for TetherProcess; every process is killed at the end of the test."""
+    procs: list[TetherProcess] = []
+
+    def make(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> TetherProcess:
+        proc = TetherProcess(data_dir or tmp_path / "data", *args, env=env)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.stop(signal.SIGKILL)
+
+
+async def wait_for_status(client, run_id: str, statuses: set[str], timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await client.get_run(run_id)
+        if run["status"] in statuses:
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} still {run['status']} after {timeout}s")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,150 @@
+"""Runs over real HTTP: streaming, the transcript invariant, cancel, enqueue/reject, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from tether.client import TetherClient, TetherError
+from tether.transcript import comparable, fold
+
+from .conftest import wait_for_status
+
+
+async def read_run(client: TetherClient, run_id: str) -> list:
+    return [event async for event in client.stream_run(run_id)]
+
+
+async def test_stream_directive_streams_one_word_per_delta(server):
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/stream 25")
+        events = await read_run(client, run["run_id"])
+    types = [e.data["type"] for e in events]
+    assert types[0] == "RUN_STARTED" and types[-1] == "RUN_FINISHED"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    deltas = [e.data["delta"] for e in events
+              if e.data["type"] == "TEXT_MESSAGE_CONTENT" and e.data["delta"] != "/stream 25"]
+    assert len(deltas) == 25
+    assert "".join(deltas) == " ".join(f"w{i}" for i in range(1, 26))
+
+
+@pytest.mark.parametrize("directive", ["/stream 30", "/tools 3", "/steps 3", "hello there", "/fail"])
+async def test_folding_the_log_renders_the_stored_history(server, directive):
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        for text in ["/stream 3", directive, "/tools 2"]:
+            run = await client.send(thread["id"], text)
+            await read_run(client, run["run_id"])
+        stored = await client.get_thread(thread["id"])
+        events = []
+        async for event in client.stream_thread(thread["id"]):
+            events.append(event.data)
+            if event.seq == stored["last_seq"]:
+                break
+    folded = comparable(fold(events))
+    assert folded == comparable(stored["messages"])
+    assert [m["role"] for m in folded].count("user") == 3
+
+
+async def test_failed_run_records_reason_and_next_run_works(server):
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/fail")
+        events = await read_run(client, run["run_id"])
+        assert events[-1].data["type"] == "RUN_ERROR"
+        failed = await client.get_run(run["run_id"])
+        assert failed["status"] == "failed"
+        assert "/fail" in failed["error"]
+        run2 = await client.send(thread["id"], "/stream 2")
+        events2 = await read_run(client, run2["run_id"])
+        assert events2[-1].data["type"] == "RUN_FINISHED"
+        assert (await client.get_run(run2["run_id"]))["status"] == "completed"
+
+
+async def test_tools_run_in_parallel_and_are_logged_once(server):
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/tools 4 ms=50")
+        events = await read_run(client, run["run_id"])
+    results = [e.data for e in events if e.data["type"] == "TOOL_CALL_RESULT"]
+    assert len(results) == 4
+    log = [json.loads(line) for line in (server.settings.data_dir / "demo_tools.log").read_text().splitlines()]
+    assert sorted(entry["tool_call_id"] for entry in log) == sorted(r["toolCallId"] for r in results)
+
+
+async def test_reject_gives_409_and_enqueue_runs_afterwards(server):
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        first = await client.send(thread["id"], "/stream 20 ms=20")
+        with pytest.raises(TetherError) as rejected:
+            await client.send(thread["id"], "/stream 2")
+        assert rejected.value.status == 409 and rejected.value.code == "thread_busy"
+        second = await client.send(thread["id"], "/stream 3", multitask="enqueue")
+        assert second["status"] == "queued"
+        done = await wait_for_status(client, second["run_id"], {"completed", "failed"})
+        assert done["status"] == "completed"
+        first_run = await client.get_run(first["run_id"])
+        assert first_run["status"] == "completed"
+        assert first_run["finished_at"] <= done["started_at"]
+
+
+async def test_cancel_a_running_run(server):
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/stream 5000 ms=5")
+        async for event in client.stream_run(run["run_id"]):
+            if event.data["type"] == "TEXT_MESSAGE_CONTENT" and event.data["delta"] == " w10":
+                break
+        cancelled = await client.cancel(run["run_id"])
+        assert cancelled["status"] == "cancelled"
+        events = await read_run(client, run["run_id"])
+        assert events[-1].data["type"] == "RUN_FINISHED"
+        assert any(e.data["type"] == "MESSAGES_SNAPSHOT" for e in events)
+        with pytest.raises(TetherError) as again:
+            await client.cancel(run["run_id"])
+        assert again.value.status == 409
+        stored = await client.get_thread(thread["id"])
+        assert stored["status"] == "idle"
+
+
+async def test_fifty_runs_on_fifty_threads_at_once(server):
+    async with TetherClient(server.url) as client:
+        threads = await asyncio.gather(*[client.create_thread() for _ in range(50)])
+
+        async def one(i: int, thread: dict) -> None:
+            n = 20 + i
+            run = await client.send(thread["id"], f"/stream {n} ms=2")
+            events = await read_run(client, run["run_id"])
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            text = "".join(e.data["delta"] for e in events
+                           if e.data["type"] == "TEXT_MESSAGE_CONTENT" and not e.data["delta"].startswith("/"))
+            assert text == " ".join(f"w{k}" for k in range(1, n + 1))
+            assert events[-1].data["type"] == "RUN_FINISHED"
+
+        await asyncio.gather(*[one(i, t) for i, t in enumerate(threads)])
+
+
+async def test_feed_shows_runs_start_and_finish(server):
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url, timeout=None) as http:
+        thread = await client.create_thread()
+        seen: list[dict] = []
+
+        async def watch() -> None:
+            async with http.stream("GET", "/v1/events") as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[6:]))
+                        if seen[-1].get("status") == "completed":
+                            return
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.2)
+        await client.send(thread["id"], "/stream 3")
+        await asyncio.wait_for(watcher, 20)
+    assert seen[0]["type"] == "snapshot"
+    statuses = [s.get("status") for s in seen if s.get("threadId") == thread["id"]]
+    assert statuses[-3:] == ["queued", "running", "completed"]
