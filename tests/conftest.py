@@ -43,10 +43,15 @@ class ServerThread:
     def __init__(self, settings: Settings) -> None:
         self.settings = replace(settings, port=free_port())
         self.url = f"http://127.0.0.1:{self.settings.port}"
-        self._server = uvicorn.Server(uvicorn.Config(
-            create_app(self.settings), host="127.0.0.1", port=self.settings.port,
-            log_level="warning", timeout_graceful_shutdown=1,
-        ))
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self.settings),
+                host="127.0.0.1",
+                port=self.settings.port,
+                log_level="warning",
+                timeout_graceful_shutdown=1,
+            )
+        )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def start(self) -> ServerThread:
@@ -91,8 +96,17 @@ class TetherProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "tether", "serve", "--port", str(self.port),
-                     "--data-dir", str(data_dir), *extra_args]
+        self.args = [
+            sys.executable,
+            "-m",
+            "tether",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            *extra_args,
+        ]
         self.env = {**os.environ, **(env or {})}
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -139,12 +153,12 @@ def tether_process(tmp_path: Path) -> Iterator:
             proc.stop(signal.SIGKILL)
 
 
-async def wait_for_status(client, run_id: str, statuses: set[str], timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
+async def wait_for_status(client, run_id: str, statuses: set[str], within: float = 30) -> dict:
+    deadline = time.monotonic() + within
     while True:
         run = await client.get_run(run_id)
         if run["status"] in statuses:
             return run
         if time.monotonic() > deadline:
-            raise AssertionError(f"run {run_id} still {run['status']} after {timeout}s")
+            raise AssertionError(f"run {run_id} still {run['status']} after {within}s")
         await asyncio.sleep(0.02)

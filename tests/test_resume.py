@@ -30,8 +30,9 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-async def read_stream(http: httpx.AsyncClient, path: str, after: int, limit: int | None,
-                      run_id: str) -> tuple[list[tuple[int, str]], bool]:
+async def read_stream(
+    http: httpx.AsyncClient, path: str, after: int, limit: int | None, run_id: str
+) -> tuple[list[tuple[int, str]], bool]:
     """Read up to `limit` events after `after`, then disconnect. Returns (events, reached the run's end)."""
     got: list[tuple[int, str]] = []
     async with http.stream("GET", path, headers={"Last-Event-ID": str(after)}) as response:
@@ -45,8 +46,7 @@ async def read_stream(http: httpx.AsyncClient, path: str, after: int, limit: int
     return got, False
 
 
-async def resume_scenario(url: str, words: int, ms: int, cuts: list[int], pauses: list[int],
-                          earlier_run: bool) -> None:
+async def resume_scenario(url: str, words: int, ms: int, cuts: list[int], pauses: list[int], earlier_run: bool) -> None:
     async with TetherClient(url) as client, httpx.AsyncClient(base_url=url, timeout=30) as http:
         thread = await client.create_thread()
         tid = thread["id"]
@@ -136,7 +136,7 @@ async def test_slow_consumer_is_cut_off_without_slowing_the_run_and_resumes(star
 
         run = await client.send(thread["id"], "/stream 30000")
         # The run finishes while the client reads nothing at all.
-        done = await wait_for_status(client, run["run_id"], {"completed", "failed"}, timeout=120)
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"}, within=120)
         assert done["status"] == "completed"
 
         # The server has closed the stalled connection: reading now drains what was buffered, then EOF.

@@ -26,8 +26,9 @@ async def test_stream_directive_streams_one_word_per_delta(server):
     types = [e.data["type"] for e in events]
     assert types[0] == "RUN_STARTED" and types[-1] == "RUN_FINISHED"
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    deltas = [e.data["delta"] for e in events
-              if e.data["type"] == "TEXT_MESSAGE_CONTENT" and e.data["delta"] != "/stream 25"]
+    deltas = [
+        e.data["delta"] for e in events if e.data["type"] == "TEXT_MESSAGE_CONTENT" and e.data["delta"] != "/stream 25"
+    ]
     assert len(deltas) == 25
     assert "".join(deltas) == " ".join(f"w{i}" for i in range(1, 26))
 
@@ -120,8 +121,11 @@ async def test_fifty_runs_on_fifty_threads_at_once(server):
             run = await client.send(thread["id"], f"/stream {n} ms=2")
             events = await read_run(client, run["run_id"])
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
-            text = "".join(e.data["delta"] for e in events
-                           if e.data["type"] == "TEXT_MESSAGE_CONTENT" and not e.data["delta"].startswith("/"))
+            text = "".join(
+                e.data["delta"]
+                for e in events
+                if e.data["type"] == "TEXT_MESSAGE_CONTENT" and not e.data["delta"].startswith("/")
+            )
             assert text == " ".join(f"w{k}" for k in range(1, n + 1))
             assert events[-1].data["type"] == "RUN_FINISHED"
 

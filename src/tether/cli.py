@@ -48,44 +48,79 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser(
-        "serve", help="run the server", description="Run the Tether server.",
+        "serve",
+        help="run the server",
+        description="Run the Tether server.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--host", default=_env("TETHER_HOST", "127.0.0.1"),
-                       help="address to bind; a non-loopback address needs --token [TETHER_HOST]")
-    serve.add_argument("--port", type=int, default=int(_env("TETHER_PORT", DEFAULT_PORT)),
-                       help="port to bind [TETHER_PORT]")
-    serve.add_argument("--data-dir", type=Path, default=Path(_env("TETHER_DATA_DIR", ".tether")),
-                       help="where the SQLite database and demo files live [TETHER_DATA_DIR]")
-    serve.add_argument("--agent", default=_env("TETHER_AGENT"),
-                       help="your pydantic-ai Agent as module:attribute; default: the offline demo agent "
-                            "[TETHER_AGENT]")
-    serve.add_argument("--model", default=_env("TETHER_MODEL"),
-                       help="a pydantic-ai model string used for every run, e.g. openai:gpt-4.1 [TETHER_MODEL]")
-    serve.add_argument("--token", default=_env("TETHER_TOKEN"),
-                       help="require 'Authorization: Bearer TOKEN' on every /v1 route [TETHER_TOKEN]")
-    serve.add_argument("--log-level", default=_env("TETHER_LOG_LEVEL", "info"),
-                       choices=["debug", "info", "warning", "error"], help="log verbosity [TETHER_LOG_LEVEL]")
-    serve.add_argument("--max-body-bytes", type=int,
-                       default=int(_env("TETHER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-                       help="larger request bodies get 413 [TETHER_MAX_BODY_BYTES]")
-    serve.add_argument("--stream-buffer", type=int,
-                       default=int(_env("TETHER_STREAM_BUFFER", DEFAULT_STREAM_BUFFER)),
-                       help="events a live stream may fall behind before it is cut off (the client "
-                            "resumes from the log) [TETHER_STREAM_BUFFER]")
-    serve.add_argument("--keepalive", type=float,
-                       default=float(_env("TETHER_KEEPALIVE", DEFAULT_KEEPALIVE_SECONDS)),
-                       help="seconds between keep-alive comments on idle streams [TETHER_KEEPALIVE]")
+    serve.add_argument(
+        "--host",
+        default=_env("TETHER_HOST", "127.0.0.1"),
+        help="address to bind; a non-loopback address needs --token [TETHER_HOST]",
+    )
+    serve.add_argument(
+        "--port", type=int, default=int(_env("TETHER_PORT", DEFAULT_PORT)), help="port to bind [TETHER_PORT]"
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("TETHER_DATA_DIR", ".tether")),
+        help="where the SQLite database and demo files live [TETHER_DATA_DIR]",
+    )
+    serve.add_argument(
+        "--agent",
+        default=_env("TETHER_AGENT"),
+        help="your pydantic-ai Agent as module:attribute; default: the offline demo agent [TETHER_AGENT]",
+    )
+    serve.add_argument(
+        "--model",
+        default=_env("TETHER_MODEL"),
+        help="a pydantic-ai model string used for every run, e.g. openai:gpt-4.1 [TETHER_MODEL]",
+    )
+    serve.add_argument(
+        "--token",
+        default=_env("TETHER_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on every /v1 route [TETHER_TOKEN]",
+    )
+    serve.add_argument(
+        "--log-level",
+        default=_env("TETHER_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity [TETHER_LOG_LEVEL]",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=int(_env("TETHER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+        help="larger request bodies get 413 [TETHER_MAX_BODY_BYTES]",
+    )
+    serve.add_argument(
+        "--stream-buffer",
+        type=int,
+        default=int(_env("TETHER_STREAM_BUFFER", DEFAULT_STREAM_BUFFER)),
+        help="events a live stream may fall behind before it is cut off (the client "
+        "resumes from the log) [TETHER_STREAM_BUFFER]",
+    )
+    serve.add_argument(
+        "--keepalive",
+        type=float,
+        default=float(_env("TETHER_KEEPALIVE", DEFAULT_KEEPALIVE_SECONDS)),
+        help="seconds between keep-alive comments on idle streams [TETHER_KEEPALIVE]",
+    )
     serve.set_defaults(handler=serve_command)
 
-    for name, help_ in (("threads", "list the threads of a running server"),
-                        ("runs", "list the runs of one thread")):
-        sub = commands.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, help_ in (("threads", "list the threads of a running server"), ("runs", "list the runs of one thread")):
+        sub = commands.add_parser(
+            name,
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         if name == "runs":
             sub.add_argument("thread", help="the thread id")
-        sub.add_argument("--url", default=_env("TETHER_URL", f"http://127.0.0.1:{DEFAULT_PORT}"),
-                         help="the server [TETHER_URL]")
+        sub.add_argument(
+            "--url", default=_env("TETHER_URL", f"http://127.0.0.1:{DEFAULT_PORT}"), help="the server [TETHER_URL]"
+        )
         sub.add_argument("--token", default=_env("TETHER_TOKEN"), help="bearer token [TETHER_TOKEN]")
         sub.add_argument("--json", action="store_true", help="print the server's JSON as it is")
         sub.set_defaults(handler=threads_command if name == "threads" else runs_command)
@@ -104,13 +139,23 @@ def serve_command(args: argparse.Namespace) -> int:
     from tether.app import create_app
 
     settings = Settings(
-        data_dir=args.data_dir, host=args.host, port=args.port, agent=args.agent, model=args.model,
-        token=args.token or None, log_level=args.log_level, max_body_bytes=args.max_body_bytes,
-        stream_buffer=args.stream_buffer, keepalive_seconds=args.keepalive,
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        agent=args.agent,
+        model=args.model,
+        token=args.token or None,
+        log_level=args.log_level,
+        max_body_bytes=args.max_body_bytes,
+        stream_buffer=args.stream_buffer,
+        keepalive_seconds=args.keepalive,
     )
     if not settings.binds_loopback_only and not settings.token:
-        print(f"tether: refusing to bind {settings.host} without a token: anyone on the network could "
-              "drive your agent. Set --token (or TETHER_TOKEN), or bind 127.0.0.1.", file=sys.stderr)
+        print(
+            f"tether: refusing to bind {settings.host} without a token: anyone on the network could "
+            "drive your agent. Set --token (or TETHER_TOKEN), or bind 127.0.0.1.",
+            file=sys.stderr,
+        )
         return 2
     configure_logging(settings.log_level)
     try:
@@ -120,11 +165,19 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
     agent_name = settings.agent or "the offline demo agent"
     model = f", model {settings.model}" if settings.model else ""
-    print(f"Tether {__version__} serving {agent_name}{model} on http://{settings.host}:{settings.port} "
-          f"(data in {settings.data_dir})", flush=True)
+    print(
+        f"Tether {__version__} serving {agent_name}{model} on http://{settings.host}:{settings.port} "
+        f"(data in {settings.data_dir})",
+        flush=True,
+    )
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        log_config=None, timeout_graceful_shutdown=3, lifespan="on",
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        timeout_graceful_shutdown=3,
+        lifespan="on",
     )
     uvicorn.Server(config).run()
     return 0
@@ -140,7 +193,9 @@ class _DropCutOffNoise(logging.Filter):
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr,
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     logging.getLogger("uvicorn.error").addFilter(_DropCutOffNoise())
 
@@ -173,8 +228,9 @@ def threads_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
-    _table([[t["id"], t["title"] or "", _when(t["updated_at"])] for t in body["threads"]],
-           ["THREAD", "TITLE", "UPDATED"])
+    _table(
+        [[t["id"], t["title"] or "", _when(t["updated_at"])] for t in body["threads"]], ["THREAD", "TITLE", "UPDATED"]
+    )
     return 0
 
 

@@ -93,8 +93,9 @@ class TetherClient:
     async def delete_thread(self, thread_id: str) -> None:
         await self._call("DELETE", f"/v1/threads/{thread_id}")
 
-    async def send(self, thread_id: str, text: str, *, multitask: str = "reject",
-                   model: str | None = None) -> dict[str, Any]:
+    async def send(
+        self, thread_id: str, text: str, *, multitask: str = "reject", model: str | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"input": text, "multitask": multitask}
         if model is not None:
             body["model"] = model

@@ -36,15 +36,22 @@ def fold(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 parent = {"id": parent_id or event["toolCallId"], "role": "assistant", "content": ""}
                 messages.append(parent)
                 by_id[parent["id"]] = parent
-            call = {"id": event["toolCallId"], "type": "function",
-                    "function": {"name": event["toolCallName"], "arguments": ""}}
+            call = {
+                "id": event["toolCallId"],
+                "type": "function",
+                "function": {"name": event["toolCallName"], "arguments": ""},
+            }
             parent.setdefault("toolCalls", []).append(call)
             calls[call["id"]] = call
         elif kind == "TOOL_CALL_ARGS":
             calls[event["toolCallId"]]["function"]["arguments"] += event["delta"]
         elif kind == "TOOL_CALL_RESULT":
-            message = {"id": event["messageId"], "role": "tool", "content": event["content"],
-                       "toolCallId": event["toolCallId"]}
+            message = {
+                "id": event["messageId"],
+                "role": "tool",
+                "content": event["content"],
+                "toolCallId": event["toolCallId"],
+            }
             messages.append(message)
             by_id[message["id"]] = message
         elif kind == "MESSAGES_SNAPSHOT":

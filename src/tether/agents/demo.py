@@ -131,8 +131,10 @@ async def demo_request(messages: list[ModelMessage], info: AgentInfo) -> ModelRe
         if isinstance(piece, str):
             text.append(piece)
         else:
-            calls += [ToolCallPart(c.name or "", c.json_args, tool_call_id=c.tool_call_id or _new_call_id())
-                      for c in piece.values()]
+            calls += [
+                ToolCallPart(c.name or "", c.json_args, tool_call_id=c.tool_call_id or _new_call_id())
+                for c in piece.values()
+            ]
     parts: list[TextPart | ToolCallPart] = [TextPart("".join(text))] if text else []
     return ModelResponse(parts=[*parts, *calls])
 

@@ -86,7 +86,9 @@ class BodyLimitMiddleware:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413, "body_too_large", f"the request body is larger than {self.max_bytes} bytes",
+            413,
+            "body_too_large",
+            f"the request body is larger than {self.max_bytes} bytes",
             headers={"connection": "close"},
         )
         await response(scope, receive, send)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from tether import __version__
 from tether.api.schemas import (
+    ApprovalsRequest,
     CreateRun,
     CreateThread,
     ErrorOut,
@@ -16,6 +17,8 @@ from tether.api.schemas import (
     RunAccepted,
     RunList,
     RunOut,
+    SteerAccepted,
+    SteerRequest,
     ThreadDetail,
     ThreadList,
     ThreadOut,
@@ -24,6 +27,7 @@ from tether.api.schemas import (
 from tether.api.sse import EventStreamResponse
 from tether.engine import Engine
 from tether.errors import BadRequest
+from tether.store import Decision
 
 ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 404, 409, 413, 422)}
 SSE = {200: {"content": {"text/event-stream": {}}, "description": "Server-sent events; `id:` is the seq."}}
@@ -42,8 +46,7 @@ def resume_point(last_event_id: str | None, after: str | None) -> int:
     if raw is None or raw == "":
         return 0
     if not raw.isdigit():
-        raise BadRequest(f"Last-Event-ID / after must be a sequence number, got {raw!r}",
-                         code="invalid_last_event_id")
+        raise BadRequest(f"Last-Event-ID / after must be a sequence number, got {raw!r}", code="invalid_last_event_id")
     return int(raw)
 
 
@@ -102,6 +105,20 @@ async def create_run(request: Request, thread_id: str, body: CreateRun) -> RunAc
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
 
 
+@router.post("/threads/{thread_id}/steer", status_code=202, response_model=SteerAccepted, tags=["runs"])
+async def steer(request: Request, thread_id: str, body: SteerRequest) -> SteerAccepted:
+    """Give the active run a message at its next step boundary; if the thread is idle, start a run."""
+    run, delivery = await engine(request).steer(thread_id, body.input)
+    return SteerAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status, delivery=delivery)
+
+
+@router.post("/threads/{thread_id}/retry", status_code=202, response_model=RunAccepted, tags=["runs"])
+async def retry(request: Request, thread_id: str) -> RunAccepted:
+    """Re-answer the last user message from the history before it (the old answer stays in the log)."""
+    run = await engine(request).retry(thread_id)
+    return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
+
+
 @router.get("/threads/{thread_id}/runs", response_model=RunList, tags=["runs"])
 async def list_runs(request: Request, thread_id: str) -> RunList:
     return RunList(runs=[RunOut.of(r) for r in await engine(request).list_runs(thread_id)])
@@ -126,6 +143,13 @@ async def get_run(request: Request, run_id: str) -> RunOut:
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunOut, tags=["runs"])
 async def cancel_run(request: Request, run_id: str) -> RunOut:
     return RunOut.of(await engine(request).cancel_run(run_id))
+
+
+@router.post("/runs/{run_id}/approvals", status_code=202, response_model=RunOut, tags=["runs"])
+async def decide(request: Request, run_id: str, body: ApprovalsRequest) -> RunOut:
+    """Approve or deny pending tool calls; when all are decided, the run resumes in the background."""
+    decisions = {call_id: Decision(**d.model_dump()) for call_id, d in body.decisions.items()}
+    return RunOut.of(await engine(request).decide(run_id, decisions))
 
 
 @router.get("/runs/{run_id}/stream", responses=SSE, tags=["streams"])
@@ -154,9 +178,7 @@ async def stream_feed(
     runs = await eng.active_runs_everywhere()
     snapshot = {
         "type": "snapshot",
-        "activeRuns": [
-            {"runId": r.id, "threadId": r.thread_id, "status": r.status} for r in runs
-        ],
+        "activeRuns": [{"runId": r.id, "threadId": r.thread_id, "status": r.status} for r in runs],
         "timestamp": int(time.time() * 1000),
     }
     preamble = f"id: {seq}\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n".encode()

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tether.store import Run, RunStatus, Thread
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+UserText = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 
 
 class CreateThread(Strict):
@@ -23,19 +33,35 @@ class UpdateThread(Strict):
 
 
 class CreateRun(Strict):
-    input: str = Field(min_length=1, description="The user's message.")
-    multitask: Literal["reject", "enqueue"] = Field(
+    input: UserText = Field(description="The user's message.")
+    multitask: Literal["reject", "enqueue", "steer", "interrupt"] = Field(
         default="reject",
-        description="What to do if the thread already has an active run: 409 (reject) or queue it (enqueue).",
+        description="If the thread already has an active run: 409 (reject), run after it (enqueue), give it "
+        "this message at its next step (steer), or stop it and answer this message instead (interrupt).",
     )
     model: str | None = Field(default=None, description="A pydantic-ai model string for this run only.")
 
-    @field_validator("input")
-    @classmethod
-    def not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("input must not be blank")
-        return value
+
+class SteerRequest(Strict):
+    input: UserText = Field(description="The message for the running agent.")
+
+
+class DecisionIn(Strict):
+    approved: bool
+    reason: str | None = Field(default=None, max_length=2000, description="Told to the model on a denial.")
+    args: dict[str, Any] | None = Field(default=None, description="Approve with these arguments instead.")
+    remember: bool = Field(default=False, description="Always allow this tool in this thread from now on.")
+
+
+class ApprovalsRequest(Strict):
+    decisions: dict[str, DecisionIn] = Field(min_length=1, description="tool_call_id → decision.")
+
+
+class PendingCallOut(BaseModel):
+    tool_call_id: str
+    tool_name: str
+    args: dict[str, Any]
+    decision: DecisionIn | None = None
 
 
 class RunOut(BaseModel):
@@ -49,10 +75,29 @@ class RunOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     error: str | None
+    retry_of: str | None
+    pending_approvals: list[PendingCallOut] = Field(
+        description="Tool calls waiting for a decision (with the decisions made so far) while awaiting_approval."
+    )
 
     @classmethod
     def of(cls, run: Run) -> RunOut:
-        return cls(**run.__dict__)
+        decisions = run.decisions or {}
+        pending = (
+            [
+                PendingCallOut(
+                    tool_call_id=c.tool_call_id,
+                    tool_name=c.tool_name,
+                    args=c.args,
+                    decision=DecisionIn(**asdict(decisions[c.tool_call_id])) if c.tool_call_id in decisions else None,
+                )
+                for c in run.pending_approvals or []
+            ]
+            if run.status == "awaiting_approval"
+            else []
+        )
+        fields = {k: v for k, v in run.__dict__.items() if k in cls.model_fields and k != "pending_approvals"}
+        return cls(**fields, pending_approvals=pending)
 
 
 class ThreadOut(BaseModel):
@@ -61,6 +106,7 @@ class ThreadOut(BaseModel):
     created_at: float
     updated_at: float
     metadata: dict[str, Any]
+    allowed_tools: list[str] = Field(description="Tools always allowed in this thread (no approval asked).")
 
     @classmethod
     def of(cls, thread: Thread) -> ThreadOut:
@@ -86,6 +132,12 @@ class RunAccepted(BaseModel):
     run_id: str
     thread_id: str
     status: RunStatus
+
+
+class SteerAccepted(RunAccepted):
+    delivery: Literal["inbox", "new_run"] = Field(
+        description="inbox: the active run gets it at its next step; new_run: the thread was idle."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -52,8 +52,10 @@ class EventStreamResponse(Response):
             raise pump.exception()  # type: ignore[misc]
         if cut_off.done() and not cut_off.cancelled():
             log.warning(
-                "%s: client fell more than %d events behind and was cut off; it can resume from "
-                "Last-Event-ID %d", self.name, self.follower.buffer, self.follower.last_seq,
+                "%s: client fell more than %d events behind and was cut off; it can resume from Last-Event-ID %d",
+                self.name,
+                self.follower.buffer,
+                self.follower.last_seq,
             )
 
     async def _pump(self, send: Send) -> None:

@@ -26,11 +26,10 @@ class Subscription(Protocol):
 
 
 class Bus(Protocol):
-    def subscribe(
-        self, channel: str, maxsize: int, on_overflow: Callable[[], None] | None = None
-    ) -> Subscription:
+    def subscribe(self, channel: str, maxsize: int, on_overflow: Callable[[], None] | None = None) -> Subscription:
         """Follow a channel; `on_overflow` is called (once) when the buffer of `maxsize` items overflows."""
         ...
+
     def publish(self, channel: str, items: list[Any]) -> None: ...
 
 

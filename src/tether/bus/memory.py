@@ -9,9 +9,7 @@ from typing import Any
 
 
 class MemorySubscription:
-    def __init__(
-        self, bus: MemoryBus, channel: str, maxsize: int, on_overflow: Callable[[], None] | None
-    ) -> None:
+    def __init__(self, bus: MemoryBus, channel: str, maxsize: int, on_overflow: Callable[[], None] | None) -> None:
         self._bus = bus
         self._channel = channel
         self._maxsize = maxsize

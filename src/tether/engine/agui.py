@@ -1,17 +1,21 @@
 """AG-UI mapping: pydantic-ai's event stream, as Tether records it.
 
-pydantic-ai's `AGUIEventStream` does the mapping; Tether adds two things a
-durable log needs:
+pydantic-ai's `AGUIEventStream` does the mapping; Tether adds what a durable,
+shared log needs, so that folding the log always renders the stored history
+(invariant 3):
 - the user's message, as TEXT_MESSAGE_START/CONTENT/END with role "user",
-  right after RUN_STARTED, so that folding the log renders the whole
-  conversation and not only the agent's side of it;
-- a MESSAGES_SNAPSHOT of the stored history just before a run ends in error
-  or is cancelled, so clients drop partial output that the history does not
-  keep (invariant 3: folding the log renders the stored history).
+  right after RUN_STARTED (and a steering message where it was applied,
+  after a CUSTOM `tether.steer_applied`);
+- a MESSAGES_SNAPSHOT of the history a retry rewinds to, right after
+  RUN_STARTED, and of the stored history just before a run ends in error or
+  is cancelled, so clients drop what the history does not keep;
+- CUSTOM events for what AG-UI has no word for: `tether.approval_requested`,
+  `tether.steer_applied`, `tether.run_cancelled` (with the reason).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,35 +23,73 @@ from typing import Any
 
 from ag_ui.core import (
     BaseEvent,
+    CustomEvent,
     MessagesSnapshotEvent,
     TextMessageContentEvent,
     TextMessageEndEvent,
     TextMessageStartEvent,
 )
 from pydantic_ai.exceptions import RunCancelled
-from pydantic_ai.messages import ModelMessage
+from pydantic_ai.messages import EnqueuedMessagesEvent, ModelMessage
 from pydantic_ai.ui.ag_ui import AGUIAdapter, AGUIEventStream
+
+APPROVAL_REQUESTED = "tether.approval_requested"
+STEER_APPLIED = "tether.steer_applied"
+RUN_CANCELLED = "tether.run_cancelled"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def messages_snapshot(history: list[ModelMessage]) -> MessagesSnapshotEvent:
-    return MessagesSnapshotEvent(messages=AGUIAdapter.dump_messages(history))
+    return MessagesSnapshotEvent(messages=AGUIAdapter.dump_messages(history), timestamp=now_ms())
+
+
+def custom(name: str, value: dict[str, Any]) -> CustomEvent:
+    return CustomEvent(name=name, value=value, timestamp=now_ms())
+
+
+def user_message(text: str) -> list[BaseEvent]:
+    message_id = str(uuid.uuid4())
+    timestamp = now_ms()
+    return [
+        TextMessageStartEvent(message_id=message_id, role="user", timestamp=timestamp),
+        TextMessageContentEvent(message_id=message_id, delta=text, timestamp=timestamp),
+        TextMessageEndEvent(message_id=message_id, timestamp=timestamp),
+    ]
 
 
 @dataclass
 class TetherEventStream(AGUIEventStream[Any, Any]):
-    user_input: str = ""
+    user_input: str | None = None
+    """The message that starts this run; None when a paused run resumes."""
+    rewound_history: list[ModelMessage] | None = field(default=None, repr=False)
+    """For a retry: the history the thread was rewound to."""
     history_after_failure: Callable[[Exception], list[ModelMessage]] | None = field(default=None, repr=False)
     """Called when the run fails or is cancelled: the history that will be stored, for the snapshot."""
+    steer_applied: Callable[[EnqueuedMessagesEvent], dict[str, Any] | None] | None = field(default=None, repr=False)
+    """Called when pydantic-ai delivers enqueued content: the steering message it was, if any."""
+    cancel_reason: Callable[[], str] | None = field(default=None, repr=False)
     error: Exception | None = None
 
     async def before_stream(self) -> AsyncIterator[BaseEvent]:
         async for event in super().before_stream():
             yield event
-        message_id = str(uuid.uuid4())
-        timestamp = self._get_timestamp()
-        yield TextMessageStartEvent(message_id=message_id, role="user", timestamp=timestamp)
-        yield TextMessageContentEvent(message_id=message_id, delta=self.user_input, timestamp=timestamp)
-        yield TextMessageEndEvent(message_id=message_id, timestamp=timestamp)
+        if self.rewound_history is not None:
+            yield messages_snapshot(self.rewound_history)
+        if self.user_input is not None:
+            for event in user_message(self.user_input):
+                yield event
+
+    async def handle_enqueued_messages(self, event: EnqueuedMessagesEvent) -> AsyncIterator[BaseEvent]:
+        async for agui_event in super().handle_enqueued_messages(event):
+            yield agui_event
+        steer = self.steer_applied(event) if self.steer_applied is not None else None
+        if steer is not None:
+            yield custom(STEER_APPLIED, steer)
+            for agui_event in user_message(steer["input"]):
+                yield agui_event
 
     async def on_error(self, error: Exception) -> AsyncIterator[BaseEvent]:
         self.error = error
@@ -59,5 +101,7 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
     async def on_cancelled(self, cancelled: RunCancelled) -> AsyncIterator[BaseEvent]:
         if self.history_after_failure is not None:
             yield messages_snapshot(self.history_after_failure(cancelled))
+        reason = self.cancel_reason() if self.cancel_reason is not None else "cancelled"
+        yield custom(RUN_CANCELLED, {"reason": reason})
         async for event in super().on_cancelled(cancelled):
             yield event

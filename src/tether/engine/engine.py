@@ -24,15 +24,15 @@ from tether import events
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.config import Settings
 from tether.engine.journal import Journal
-from tether.engine.runner import RunExecution
+from tether.engine.runner import RunExecution, cancel_paused_run
 from tether.engine.streams import Follower
 from tether.errors import BadRequest, Conflict, NotFound, Unavailable
 from tether.events import feed_notice
-from tether.store import ACTIVE_STATUSES, TERMINAL_STATUSES, Run, Store, Thread
+from tether.store import ACTIVE_STATUSES, TERMINAL_STATUSES, Decision, InboxItem, Run, Store, Thread
 
 log = logging.getLogger("tether.engine")
 
-Multitask = Literal["reject", "enqueue"]
+Multitask = Literal["reject", "enqueue", "steer", "interrupt"]
 
 
 class Engine:
@@ -70,11 +70,13 @@ class Engine:
                 continue
             await self.journal.open_thread(run.thread_id)
             reason = "the server stopped while this run was active"
-            self.journal.event(run.thread_id, run.id, events.RUN_ERROR,
-                               events.encode(_run_error(reason, "server_restarted")))
+            self.journal.event(
+                run.thread_id, run.id, events.RUN_ERROR, events.encode(_run_error(reason, "server_restarted"))
+            )
             self.journal.update_run(run.id, status="failed", finished_at=time.time(), error=reason)
-            self.journal.feed(run.thread_id, run.id,
-                              feed_notice("run.status", run.thread_id, run.id, status="failed", error=reason))
+            self.journal.feed(
+                run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="failed", error=reason)
+            )
             log.warning("run %s failed: %s", run.id, reason)
         await self.journal.commit()
         queued_threads = {run.thread_id for run in await self.store.runs_with_status(("queued",))}
@@ -125,8 +127,7 @@ class Engine:
         if checkpoint is None:
             return []
         history = ModelMessagesTypeAdapter.validate_json(checkpoint.messages)
-        return [m.model_dump(mode="json", by_alias=True, exclude_none=True)
-                for m in AGUIAdapter.dump_messages(history)]
+        return [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in AGUIAdapter.dump_messages(history)]
 
     async def last_seq(self, thread_id: str) -> int:
         return await self.store.last_seq(thread_id)
@@ -136,27 +137,132 @@ class Engine:
     async def start_run(
         self, thread_id: str, user_input: str, multitask: Multitask = "reject", model: str | None = None
     ) -> Run:
-        if not self._accepting:
-            raise Unavailable("the server is shutting down; try again in a moment")
+        """Start a run with the user's message; `multitask` says what to do if one is active (invariant 5)."""
+        self._check_accepting()
         if model is not None:
             _check_model(model)
+        if multitask == "steer":
+            run, _ = await self.steer(thread_id, user_input)
+            return run
         async with self._thread_locks[thread_id]:
             await self.get_thread(thread_id)
             active = await self.active_runs(thread_id)
             if active and multitask == "reject":
                 raise Conflict(
                     f"thread {thread_id!r} already has an active run {active[0].id!r} ({active[0].status}); "
-                    "wait for it, cancel it, or send with multitask 'enqueue'",
+                    "wait for it, cancel it, or send with multitask 'enqueue', 'steer' or 'interrupt'",
                     code="thread_busy",
                 )
-            run = Run(id=_new_id("run"), thread_id=thread_id, status="queued", input=user_input,
-                      multitask=multitask, model=model, created_at=time.time())
-            await self.store.create_run(run)
-            self.journal.feed(thread_id, run.id, feed_notice("run.created", thread_id, run.id, status="queued"))
-            await self.journal.commit()
-            if not active:
+            if multitask == "interrupt":
+                for run in active:
+                    if run.status != "queued":
+                        await self._cancel(run, "interrupted by a new message", discard_partial=True)
+                active = [r for r in active if r.status == "queued"]
+            run = await self._create_run(thread_id, user_input, multitask, model)
+            if multitask == "interrupt" or not active:
                 await self._launch(run)
         return run
+
+    async def _create_run(
+        self, thread_id: str, user_input: str, multitask: str, model: str | None, retry_of: Run | None = None
+    ) -> Run:
+        run = Run(
+            id=_new_id("run"),
+            thread_id=thread_id,
+            status="queued",
+            input=user_input,
+            multitask=multitask,
+            model=model,
+            created_at=time.time(),
+            retry_of=retry_of.id if retry_of else None,
+            base_checkpoint_id=retry_of.base_checkpoint_id if retry_of else None,
+        )
+        await self.store.create_run(run)
+        self.journal.feed(thread_id, run.id, feed_notice("run.created", thread_id, run.id, status="queued"))
+        await self.journal.commit()
+        return run
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise Unavailable("the server is shutting down; try again in a moment")
+
+    async def steer(self, thread_id: str, user_input: str) -> tuple[Run, str]:
+        """Give the active run a message at its next step boundary, or start a run if the thread is idle.
+
+        Returns the run that will carry the message and how: "inbox" (the active run's) or "new_run".
+        """
+        self._check_accepting()
+        async with self._thread_locks[thread_id]:
+            await self.get_thread(thread_id)
+            active = await self.active_runs(thread_id)
+            target = next((r for r in active if r.status != "queued"), active[0] if active else None)
+            if target is None:
+                run = await self._create_run(thread_id, user_input, "steer", None)
+                await self._launch(run)
+                return run, "new_run"
+            item = InboxItem(id=_new_id("stx"), run_id=target.id, input=user_input, created_at=time.time())
+            await self.store.add_to_inbox(item)
+            execution = self._executions.get(target.id)
+            if execution is not None:
+                execution[0].steer(item)
+            self.journal.feed(thread_id, target.id, feed_notice("run.steered", thread_id, target.id, steerId=item.id))
+            await self.journal.commit()
+            return target, "inbox"
+
+    async def retry(self, thread_id: str) -> Run:
+        """Re-answer the last user message from the history before it, as a new run."""
+        self._check_accepting()
+        async with self._thread_locks[thread_id]:
+            await self.get_thread(thread_id)
+            runs = await self.store.list_runs(thread_id)
+            active = [r for r in runs if r.status in ACTIVE_STATUSES]
+            if active:
+                raise Conflict(
+                    f"thread {thread_id!r} has an active run {active[0].id!r}; stop it before retrying",
+                    code="thread_busy",
+                )
+            if not runs:
+                raise Conflict(f"thread {thread_id!r} has no user message to retry", code="nothing_to_retry")
+            last = runs[-1]
+            run = await self._create_run(thread_id, last.input, "reject", last.model, retry_of=last)
+            await self._launch(run)
+            return run
+
+    async def decide(self, run_id: str, decisions: dict[str, Decision]) -> Run:
+        """Record approval decisions; when every pending call is decided, the run resumes (invariant 6)."""
+        run = await self.get_run(run_id)
+        async with self._thread_locks[run.thread_id]:
+            run = await self.get_run(run_id)
+            if run.status != "awaiting_approval":
+                raise Conflict(
+                    f"run {run_id!r} is not awaiting approval (it is {run.status})", code="not_awaiting_approval"
+                )
+            pending = {c.tool_call_id: c for c in run.pending_approvals or []}
+            unknown = sorted(set(decisions) - set(pending))
+            if unknown:
+                raise BadRequest(f"not pending on run {run_id!r}: {', '.join(unknown)}", code="unknown_tool_call")
+            before = run.decisions or {}
+            again = sorted(set(decisions) & set(before))
+            if again:
+                raise Conflict(f"already decided: {', '.join(again)}", code="already_decided")
+            after = {**before, **decisions}
+            complete = set(after) == set(pending)
+            if not await self.store.decide(run_id, before, after, complete):
+                raise Conflict(f"run {run_id!r} was decided by someone else meanwhile", code="already_decided")
+            remembered = {pending[i].tool_name for i, d in decisions.items() if d.approved and d.remember}
+            if remembered:
+                thread = await self.get_thread(run.thread_id)
+                await self.store.allow_tools(run.thread_id, sorted(set(thread.allowed_tools) | remembered))
+            self.journal.feed(
+                run.thread_id,
+                run_id,
+                feed_notice("run.decided", run.thread_id, run_id, decided=sorted(decisions), complete=complete),
+            )
+            await self.journal.commit()
+            run = await self.get_run(run_id)
+            if complete:
+                await self._launch(run, decisions=after)
+            return run
 
     async def get_run(self, run_id: str) -> Run:
         run = await self.store.get_run(run_id)
@@ -176,27 +282,41 @@ class Engine:
 
     async def cancel_run(self, run_id: str) -> Run:
         run = await self.get_run(run_id)
-        if run.status in TERMINAL_STATUSES:
-            raise Conflict(f"run {run_id!r} has already ended ({run.status})", code="run_ended")
         async with self._thread_locks[run.thread_id]:
+            run = await self.get_run(run_id)
+            if run.status in TERMINAL_STATUSES:
+                raise Conflict(f"run {run_id!r} has already ended ({run.status})", code="run_ended")
             await self._cancel(run, "cancelled by request")
         return await self.get_run(run_id)
 
-    async def _cancel(self, run: Run, reason: str) -> None:
+    async def _cancel(self, run: Run, reason: str, *, discard_partial: bool = False) -> None:
         execution = self._executions.get(run.id)
         if execution is not None:
             runner, task = execution
-            runner.cancel(reason)
+            runner.cancel(reason, discard_partial=discard_partial)
             await asyncio.shield(task)
             return
+        if run.status == "awaiting_approval":
+            await cancel_paused_run(run, self.journal, self.store, reason)
+            return
         self.journal.update_run(run.id, status="cancelled", finished_at=time.time(), error=reason)
-        self.journal.feed(run.thread_id, run.id,
-                          feed_notice("run.status", run.thread_id, run.id, status="cancelled", error=reason))
+        self.journal.feed(
+            run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="cancelled", error=reason)
+        )
         await self.journal.commit()
 
-    async def _launch(self, run: Run) -> None:
+    async def _launch(self, run: Run, decisions: dict[str, Decision] | None = None) -> None:
         await self.journal.open_thread(run.thread_id)
-        runner = RunExecution(run, self.agent, self.journal, self.store, self.settings.model)
+        thread = await self.get_thread(run.thread_id)
+        runner = RunExecution(
+            run,
+            self.agent,
+            self.journal,
+            self.store,
+            model=self.settings.model,
+            allowed_tools=set(thread.allowed_tools),
+            decisions=decisions,
+        )
         task = asyncio.create_task(runner.execute(), name=f"run-{run.id}")
         self._executions[run.id] = (runner, task)
         task.add_done_callback(lambda _: self._run_done(run))
@@ -204,13 +324,18 @@ class Engine:
     def _run_done(self, run: Run) -> None:
         self._executions.pop(run.id, None)
         if self._accepting:
-            follow_up = asyncio.create_task(self._start_next(run.thread_id), name=f"next-{run.thread_id}")
+            follow_up = asyncio.create_task(self._start_next(run.thread_id, run), name=f"next-{run.thread_id}")
             self._followups.add(follow_up)
             follow_up.add_done_callback(self._followups.discard)
 
-    async def _start_next(self, thread_id: str) -> None:
-        """Start the oldest queued run of a thread, if nothing else is active there."""
+    async def _start_next(self, thread_id: str, finished: Run | None = None) -> None:
+        """Start the oldest queued run of a thread, if nothing else is active there.
+
+        Steering messages that arrived too late for the run that just finished become a new run.
+        """
         async with self._thread_locks[thread_id]:
+            if finished is not None:
+                await self._carry_over_steers(finished)
             runs = await self.active_runs(thread_id)
             if any(r.status != "queued" or r.id in self._executions for r in runs):
                 return
@@ -218,24 +343,42 @@ class Engine:
             if queued and self._accepting:
                 await self._launch(queued[0])
 
+    async def _carry_over_steers(self, finished: Run) -> None:
+        run = await self.store.get_run(finished.id)
+        if run is None or run.status == "awaiting_approval":
+            return  # a paused run applies its inbox when it resumes
+        late = [item for item in await self.store.inbox(run.id) if item.applied_at is None]
+        if not late or run.status != "completed":
+            return  # a cancelled or failed run's late steering stays unapplied in its inbox
+        for item in late:
+            self.journal.inbox_applied(item.id)
+        follow_up = await self._create_run(run.thread_id, "\n\n".join(i.input for i in late), "steer", run.model)
+        log.info("steering for run %s arrived after its last step; it becomes run %s", run.id, follow_up.id)
+
     # streams
 
     async def follow_thread(self, thread_id: str, after: int) -> Follower:
         await self.get_thread(thread_id)
         await self._check_after(after, await self.store.last_seq(thread_id))
         return Follower(
-            bus=self.bus, channel=thread_channel(thread_id),
+            bus=self.bus,
+            channel=thread_channel(thread_id),
             read=lambda after_, limit: self.store.read_events(thread_id, after_, limit),
-            after=after, buffer=self.settings.stream_buffer, keepalive=self.settings.keepalive_seconds,
+            after=after,
+            buffer=self.settings.stream_buffer,
+            keepalive=self.settings.keepalive_seconds,
         )
 
     async def follow_run(self, run_id: str, after: int) -> Follower:
         run = await self.get_run(run_id)
         await self._check_after(after, await self.store.last_seq(run.thread_id))
         return Follower(
-            bus=self.bus, channel=thread_channel(run.thread_id),
+            bus=self.bus,
+            channel=thread_channel(run.thread_id),
             read=lambda after_, limit: self.store.read_events(run.thread_id, after_, limit, run_id=run_id),
-            after=after, buffer=self.settings.stream_buffer, keepalive=self.settings.keepalive_seconds,
+            after=after,
+            buffer=self.settings.stream_buffer,
+            keepalive=self.settings.keepalive_seconds,
             keep=lambda event: event.run_id == run_id,
             ends=lambda event: event.run_id == run_id and _ends_run(event),
         )
@@ -243,8 +386,12 @@ class Engine:
     async def follow_feed(self, after: int) -> Follower:
         await self._check_after(after, await self.store.last_feed_seq())
         return Follower(
-            bus=self.bus, channel=FEED_CHANNEL, read=self.store.read_feed,
-            after=after, buffer=self.settings.stream_buffer, keepalive=self.settings.keepalive_seconds,
+            bus=self.bus,
+            channel=FEED_CHANNEL,
+            read=self.store.read_feed,
+            after=after,
+            buffer=self.settings.stream_buffer,
+            keepalive=self.settings.keepalive_seconds,
         )
 
     async def last_feed_seq(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -87,6 +88,10 @@ class Journal:
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         self._pending.run_updates.append((run_id, fields))
+        self._wake()
+
+    def inbox_applied(self, item_id: str) -> None:
+        self._pending.inbox_applied.append((item_id, time.time()))
         self._wake()
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:

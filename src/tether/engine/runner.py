@@ -1,4 +1,9 @@
-"""One run, executing in the background: pydantic-ai events in, durable AG-UI events out."""
+"""One run, executing in the background: pydantic-ai events in, durable AG-UI events out.
+
+An execution covers one stretch of a run: from its start (or from a resume
+after approval decisions) to its terminal event: RUN_FINISHED, RUN_ERROR, or
+RUN_FINISHED with an interrupt outcome when it pauses for approval.
+"""
 
 from __future__ import annotations
 
@@ -7,68 +12,98 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ag_ui.core import RunErrorEvent
+from ag_ui.core import BaseEvent, RunErrorEvent, RunFinishedEvent, RunStartedEvent
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import RunCancelled
 from pydantic_ai.messages import (
+    EnqueuedMessagesEvent,
     ModelMessage,
     ModelMessagesTypeAdapter,
     ModelRequest,
     ModelResponse,
     ToolCallPart,
+    ToolReturnPart,
     UserPromptPart,
 )
 from pydantic_ai.run import AgentRun, AgentRunResult, AgentRunResultEvent
-from pydantic_ai.tools import DeferredToolRequests
+from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
 
 from tether import events
-from tether.engine.agui import TetherEventStream
+from tether.engine.agui import APPROVAL_REQUESTED, RUN_CANCELLED, TetherEventStream, custom, messages_snapshot, now_ms
 from tether.engine.journal import Journal
 from tether.events import feed_notice
-from tether.store import Checkpoint, Run, RunStatus, Store
+from tether.store import Checkpoint, Decision, InboxItem, PendingCall, Run, RunStatus, Store
 
 log = logging.getLogger("tether.run")
 
 
-class ApprovalsUnsupported(RuntimeError):
-    pass
-
-
 class RunExecution:
-    """Drives one run from its first event to its terminal event, and records every step."""
+    """Drives one run to its next terminal event, and records every step."""
 
-    def __init__(self, run: Run, agent: Agent[Any, Any], journal: Journal, store: Store,
-                 model: str | None) -> None:
+    def __init__(
+        self,
+        run: Run,
+        agent: Agent[Any, Any],
+        journal: Journal,
+        store: Store,
+        *,
+        model: str | None,
+        allowed_tools: set[str],
+        decisions: dict[str, Decision] | None = None,
+    ) -> None:
         self.run = run
         self._agent = agent
         self._journal = journal
         self._store = store
         self._model = run.model or model
+        self._allowed_tools = allowed_tools
+        self._resume = deferred_results(decisions) if decisions is not None else None
         self._agent_run: AgentRun[Any, Any] | None = None
         self._base_history: list[ModelMessage] = []
         self._final_history: list[ModelMessage] | None = None
+        self._pause: tuple[list[PendingCall], dict[str, Decision]] | None = None
         self._cancel_reason: str | None = None
+        self._discard_partial = False
+        self._steers_waiting: list[InboxItem] = []
+        self._steers_sent: dict[str, InboxItem] = {}
         self.status: RunStatus = "running"
 
-    def cancel(self, reason: str) -> None:
-        """Ask the run to stop at once; it records RUN_FINISHED and the history it had."""
+    # called by the engine while the run executes
+
+    def cancel(self, reason: str, *, discard_partial: bool = False) -> None:
+        """Stop at once. With `discard_partial` (interrupt), the unfinished model response is dropped."""
         self._cancel_reason = reason
+        self._discard_partial = discard_partial
         if self._agent_run is not None:
             self._agent_run.cancel()
+
+    def steer(self, item: InboxItem) -> None:
+        """Deliver a steering message before the next model request (pydantic-ai's enqueue)."""
+        if self._agent_run is None:
+            self._steers_waiting.append(item)
+            return
+        enqueue_id = self._agent_run.enqueue(item.input)
+        if enqueue_id is not None:
+            self._steers_sent[enqueue_id] = item
+
+    # the execution
 
     async def execute(self) -> None:
         run, journal = self.run, self._journal
         started = time.monotonic()
-        journal.update_run(run.id, status="running", started_at=time.time())
-        journal.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="running"))
-        log.info("run %s started on thread %s", run.id, run.thread_id)
         try:
-            checkpoint = await self._store.latest_checkpoint(run.thread_id)
-            if checkpoint is not None:
-                self._base_history = ModelMessagesTypeAdapter.validate_json(checkpoint.messages)
+            rewound = await self._load_history()
+            journal.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="running"))
+            log.info("run %s %s on thread %s", run.id, "resumed" if self._resume else "started", run.thread_id)
+            self._steers_waiting += [i for i in await self._store.inbox(run.id) if i.applied_at is None]
             stream = TetherEventStream(
-                thread_id=run.thread_id, run_id=run.id, user_input=run.input,
+                thread_id=run.thread_id,
+                run_id=run.id,
+                user_input=None if self._resume else run.input,
+                rewound_history=self._base_history if rewound else None,
                 history_after_failure=self._history_after_failure,
+                steer_applied=self._steer_applied,
+                cancel_reason=lambda: self._cancel_reason or "cancelled",
             )
             async for event in stream.transform_stream(self._agent_events(), on_complete=self._on_complete):
                 if events.is_terminal(event.type):
@@ -82,42 +117,110 @@ class RunExecution:
             await self._record_crash(exc)
         elapsed = time.monotonic() - started
         if self.status == "failed":
-            log.warning("run %s failed after %.2fs: %s", run.id, elapsed, self.run.error)
+            log.warning("run %s failed after %.2fs: %s", run.id, elapsed, run.error)
+        elif self.status == "awaiting_approval":
+            log.info("run %s paused for approval after %.2fs", run.id, elapsed)
         else:
             log.info("run %s %s in %.2fs", run.id, self.status, elapsed)
 
-    async def _agent_events(self) -> AsyncIterator[Any]:
-        """pydantic-ai's event stream for this run, ending with its AgentRunResultEvent."""
-        async with self._agent.iter(
-            self.run.input, message_history=self._base_history, model=self._model
-        ) as agent_run:
-            self._agent_run = agent_run
-            if self._cancel_reason is not None:
-                agent_run.cancel()
-            async for node in agent_run:
-                if Agent.is_model_request_node(node) or Agent.is_call_tools_node(node):
-                    async with node.stream(agent_run.ctx) as node_events:
-                        async for event in node_events:
-                            yield event
-            assert agent_run.result is not None
-            yield AgentRunResultEvent(result=agent_run.result)
-
-    async def _on_complete(self, result: AgentRunResult[Any]) -> None:
-        if isinstance(result.output, DeferredToolRequests):
-            # The approval flow is not built yet: fail clearly rather than hang.
-            raise ApprovalsUnsupported(
-                "this run asked for tool approval ("
-                + ", ".join(call.tool_name for call in result.output.approvals)
-                + "), which this Tether version does not support yet"
+    async def _load_history(self) -> bool:
+        """Load the history this execution starts from; True if it is a retry's rewind."""
+        run, journal = self.run, self._journal
+        if run.retry_of is not None and not self._resume:
+            checkpoint = (
+                await self._store.get_checkpoint(run.base_checkpoint_id) if run.base_checkpoint_id is not None else None
             )
+            self._base_history = _load(checkpoint)
+            # The rewind is durable no later than the snapshot that announces it.
+            journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(self._base_history), time.time()))
+            journal.update_run(run.id, status="running", started_at=time.time())
+            return True
+        checkpoint = await self._store.latest_checkpoint(run.thread_id)
+        self._base_history = _load(checkpoint)
+        if self._resume is None:
+            journal.update_run(
+                run.id,
+                status="running",
+                started_at=time.time(),
+                base_checkpoint_id=checkpoint.id if checkpoint else None,
+            )
+        return False
+
+    async def _agent_events(self) -> AsyncIterator[Any]:
+        """pydantic-ai's event stream for this run, ending with its AgentRunResultEvent.
+
+        Calls of tools the user chose to always allow in this thread are approved on the spot:
+        the run continues in a new agent iteration instead of pausing.
+        """
+        prompt: str | None = None if self._resume else self.run.input
+        deferred = self._resume
+        history = self._base_history
+        while True:
+            async with self._agent.iter(
+                prompt, message_history=history, deferred_tool_results=deferred, model=self._model
+            ) as agent_run:
+                self._agent_run = agent_run
+                for item in self._steers_waiting:
+                    self.steer(item)
+                self._steers_waiting = []
+                if self._cancel_reason is not None:
+                    agent_run.cancel()
+                async for node in agent_run:
+                    if Agent.is_model_request_node(node) or Agent.is_call_tools_node(node):
+                        async with node.stream(agent_run.ctx) as node_events:
+                            async for event in node_events:
+                                yield event
+            result = agent_run.result
+            assert result is not None
+            requests = result.output if isinstance(result.output, DeferredToolRequests) else None
+            if (
+                requests
+                and requests.approvals
+                and not requests.calls
+                and all(call.tool_name in self._allowed_tools for call in requests.approvals)
+            ):
+                history, prompt = result.all_messages(), None
+                deferred = DeferredToolResults(approvals={c.tool_call_id: True for c in requests.approvals})
+                continue
+            yield AgentRunResultEvent(result=result)
+            return
+
+    async def _on_complete(self, result: AgentRunResult[Any]) -> AsyncIterator[BaseEvent]:
         self._final_history = result.all_messages()
+        output = result.output
+        if not isinstance(output, DeferredToolRequests):
+            return
+        if output.calls:
+            raise RuntimeError(
+                "the agent deferred tool calls to the client ("
+                + ", ".join(c.tool_name for c in output.calls)
+                + "), which Tether does not run"
+            )
+        pending = [PendingCall(c.tool_call_id, c.tool_name, c.args_as_dict()) for c in output.approvals]
+        allowed = {c.tool_call_id: Decision(approved=True) for c in pending if c.tool_name in self._allowed_tools}
+        self._pause = (pending, allowed)
+        yield custom(
+            APPROVAL_REQUESTED,
+            {
+                "runId": self.run.id,
+                "calls": [_pending_json(c) for c in pending if c.tool_call_id not in allowed],
+            },
+        )
+
+    def _steer_applied(self, event: EnqueuedMessagesEvent) -> dict[str, Any] | None:
+        item = self._steers_sent.pop(event.enqueue_id, None)
+        if item is None:
+            return None
+        self._journal.inbox_applied(item.id)
+        return {"steerId": item.id, "runId": self.run.id, "input": item.input}
 
     def _history_after_failure(self, exc: Exception) -> list[ModelMessage]:
         """The history a failed or cancelled run leaves: what completed, never a half-done tool batch.
 
-        A cancelled run keeps pydantic-ai's own snapshot (partial response marked interrupted; it
-        fills unanswered calls with an "interrupted" return on the next run). A failed run drops a
-        trailing response whose tool calls never returned, or the next run would execute them.
+        A cancelled run keeps pydantic-ai's own snapshot (partial response marked interrupted; on the
+        next run it answers unanswered calls with an "interrupted" return), unless it was interrupted
+        by a new message, which discards the unfinished response. A failed run drops a trailing
+        response whose tool calls never returned, or the next run would execute them.
         """
         if isinstance(exc, RunCancelled):
             history = list(exc.all_messages())
@@ -126,7 +229,10 @@ class RunExecution:
         else:
             history = [*self._base_history, ModelRequest(parts=[UserPromptPart(self.run.input)])]
         if not isinstance(exc, RunCancelled):
-            while history and _has_unanswered_calls(history[-1]):
+            while history and _has_tool_calls(history[-1]):
+                history.pop()
+        elif self._discard_partial:
+            while history and isinstance(history[-1], ModelResponse):
                 history.pop()
         self._final_history = history
         return history
@@ -134,39 +240,112 @@ class RunExecution:
     def _finish(self, stream: TetherEventStream) -> None:
         """Record the run's outcome in the same group commit as its terminal event."""
         run, journal = self.run, self._journal
+        fields: dict[str, Any] = {}
         if stream.error is not None:
             self.status, error = "failed", f"{type(stream.error).__name__}: {stream.error}"
         elif stream.cancelled is not None:
             self.status, error = "cancelled", self._cancel_reason or "cancelled"
+        elif self._pause is not None:
+            self.status, error = "awaiting_approval", None
+            pending, allowed = self._pause
+            fields = {"pending_approvals": pending, "decisions": allowed or None}
         else:
             self.status, error = "completed", None
         if self._final_history is not None:
             journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(self._final_history), time.time()))
-        self.run.error = error
-        journal.update_run(run.id, status=self.status, finished_at=time.time(), error=error)
-        journal.feed(run.thread_id, run.id,
-                     feed_notice("run.status", run.thread_id, run.id, status=self.status, error=error))
+        run.error = error
+        if self.status == "awaiting_approval":
+            journal.update_run(run.id, status=self.status, **fields)
+        else:
+            journal.update_run(run.id, status=self.status, finished_at=time.time(), error=error, pending_approvals=None)
+        notice: dict[str, Any] = {"status": self.status}
+        if error:
+            notice["error"] = error
+        if self._pause is not None and self.status == "awaiting_approval":
+            notice["pendingApprovals"] = [_pending_json(c) for c in self._pause[0]]
+        journal.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, **notice))
 
     async def _record_crash(self, exc: Exception) -> None:
         """A failure in Tether's own code (or a failed write): end the run as failed, loudly."""
         run, journal = self.run, self._journal
         self.status = "failed"
-        self.run.error = f"internal error: {type(exc).__name__}: {exc}"
+        run.error = f"internal error: {type(exc).__name__}: {exc}"
         journal.forget_thread(run.thread_id)
         try:
             await journal.open_thread(run.thread_id)
-            journal.update_run(run.id, status="failed", finished_at=time.time(), error=self.run.error)
-            journal.feed(run.thread_id, run.id,
-                         feed_notice("run.status", run.thread_id, run.id, status="failed", error=self.run.error))
-            journal.event(run.thread_id, run.id, events.RUN_ERROR,
-                          events.encode(RunErrorEvent(message=self.run.error, code="internal_error")))
+            journal.update_run(run.id, status="failed", finished_at=time.time(), error=run.error)
+            journal.feed(
+                run.thread_id,
+                run.id,
+                feed_notice("run.status", run.thread_id, run.id, status="failed", error=run.error),
+            )
+            journal.event(
+                run.thread_id,
+                run.id,
+                events.RUN_ERROR,
+                events.encode(RunErrorEvent(message=run.error, code="internal_error", timestamp=now_ms())),
+            )
             await journal.commit()
         except Exception:
             log.exception("could not record the failure of run %s", run.id)
 
 
-def _has_unanswered_calls(message: ModelMessage) -> bool:
+async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: str) -> None:
+    """End a run that waits for approval: its pending calls are answered "not run", and it is cancelled.
+
+    Answering them keeps the history valid: a later run must not find tool calls without returns
+    (pydantic-ai would execute them, unapproved).
+    """
+    history = _load(await store.latest_checkpoint(run.thread_id))
+    returns = [
+        ToolReturnPart(
+            tool_name=c.tool_name,
+            tool_call_id=c.tool_call_id,
+            content=f"Not run: the run was cancelled before this call was approved ({reason}).",
+        )
+        for c in run.pending_approvals or []
+    ]
+    if returns:
+        history = [*history, ModelRequest(parts=returns)]
+    await journal.open_thread(run.thread_id)
+    journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time()))
+    for event in (
+        RunStartedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
+        messages_snapshot(history),
+        custom(RUN_CANCELLED, {"reason": reason}),
+        RunFinishedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
+    ):
+        journal.event(run.thread_id, run.id, event.type, events.encode(event))
+    journal.update_run(run.id, status="cancelled", finished_at=time.time(), error=reason, pending_approvals=None)
+    journal.feed(
+        run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="cancelled", error=reason)
+    )
+    await journal.commit()
+
+
+def deferred_results(decisions: dict[str, Decision]) -> DeferredToolResults:
+    """Human decisions as pydantic-ai's deferred tool results."""
+    approvals: dict[str, bool | ToolApproved | ToolDenied] = {}
+    for tool_call_id, decision in decisions.items():
+        if not decision.approved:
+            approvals[tool_call_id] = ToolDenied(decision.reason or "The user denied this tool call.")
+        elif decision.args is not None:
+            approvals[tool_call_id] = ToolApproved(override_args=decision.args)
+        else:
+            approvals[tool_call_id] = True
+    return DeferredToolResults(approvals=approvals)
+
+
+def _pending_json(call: PendingCall) -> dict[str, Any]:
+    return {"toolCallId": call.tool_call_id, "toolName": call.tool_name, "args": call.args}
+
+
+def _has_tool_calls(message: ModelMessage) -> bool:
     return isinstance(message, ModelResponse) and any(isinstance(p, ToolCallPart) for p in message.parts)
+
+
+def _load(checkpoint: Checkpoint | None) -> list[ModelMessage]:
+    return ModelMessagesTypeAdapter.validate_json(checkpoint.messages) if checkpoint is not None else []
 
 
 def _dump(history: list[ModelMessage]) -> bytes:

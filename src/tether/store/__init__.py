@@ -25,6 +25,27 @@ class Thread:
     created_at: float
     updated_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    allowed_tools: list[str] = field(default_factory=list)
+    """Tools a user chose to "always allow" in this thread: their calls need no approval."""
+
+
+@dataclass
+class PendingCall:
+    """A tool call waiting for a human's decision."""
+
+    tool_call_id: str
+    tool_name: str
+    args: dict[str, Any]
+
+
+@dataclass
+class Decision:
+    approved: bool
+    reason: str | None = None
+    args: dict[str, Any] | None = None
+    """Approve with these arguments instead of the model's."""
+    remember: bool = False
+    """Approved, and always allow this tool in this thread from now on."""
 
 
 @dataclass
@@ -39,6 +60,22 @@ class Run:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    pending_approvals: list[PendingCall] | None = None
+    decisions: dict[str, Decision] | None = None
+    base_checkpoint_id: int | None = None
+    """The checkpoint the run started from: what retry rewinds to."""
+    retry_of: str | None = None
+
+
+@dataclass
+class InboxItem:
+    """A steering message for a run, applied at its next step boundary."""
+
+    id: str
+    run_id: str
+    input: str
+    created_at: float
+    applied_at: float | None = None
 
 
 @dataclass
@@ -49,6 +86,7 @@ class Checkpoint:
     run_id: str | None
     messages: bytes
     created_at: float
+    id: int | None = None
 
 
 @dataclass
@@ -59,9 +97,10 @@ class WriteBatch:
     feed: list[FeedItem] = field(default_factory=list)
     run_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    inbox_applied: list[tuple[str, float]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.feed or self.run_updates or self.checkpoints)
+        return bool(self.events or self.feed or self.run_updates or self.checkpoints or self.inbox_applied)
 
 
 class Store(Protocol):
@@ -72,19 +111,26 @@ class Store(Protocol):
     async def get_thread(self, thread_id: str) -> Thread | None: ...
     async def list_threads(self, limit: int, before: float | None = None) -> list[Thread]: ...
     async def update_thread(self, thread_id: str, *, title: str | None) -> None: ...
+    async def allow_tools(self, thread_id: str, tools: list[str]) -> None: ...
     async def delete_thread(self, thread_id: str) -> None: ...
 
     async def create_run(self, run: Run) -> None: ...
     async def get_run(self, run_id: str) -> Run | None: ...
     async def list_runs(self, thread_id: str) -> list[Run]: ...
     async def runs_with_status(self, statuses: tuple[RunStatus, ...]) -> list[Run]: ...
+    async def decide(self, run_id: str, before: dict[str, Decision], after: dict[str, Decision], resume: bool) -> bool:
+        """Record decisions if nobody changed them since `before` (compare-and-set); with `resume`,
+        also move the run from awaiting_approval to running. False if the run moved on meanwhile."""
+        ...
+
+    async def add_to_inbox(self, item: InboxItem) -> None: ...
+    async def inbox(self, run_id: str) -> list[InboxItem]: ...
 
     async def latest_checkpoint(self, thread_id: str) -> Checkpoint | None: ...
+    async def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None: ...
 
     async def last_seq(self, thread_id: str) -> int: ...
-    async def read_events(
-        self, thread_id: str, after: int, limit: int, run_id: str | None = None
-    ) -> list[Event]: ...
+    async def read_events(self, thread_id: str, after: int, limit: int, run_id: str | None = None) -> list[Event]: ...
     async def last_feed_seq(self) -> int: ...
     async def read_feed(self, after: int, limit: int) -> list[FeedItem]: ...
 

@@ -59,4 +59,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX checkpoints_by_thread ON checkpoints (thread_id, id);
     """,
+    # 2: human in the loop: pending approvals and decisions on runs, the steering inbox,
+    # the checkpoint each run started from (for retry), per-thread always-allowed tools.
+    """
+    ALTER TABLE runs ADD COLUMN pending_approvals TEXT;
+    ALTER TABLE runs ADD COLUMN decisions TEXT;
+    ALTER TABLE runs ADD COLUMN base_checkpoint_id INTEGER;
+    ALTER TABLE runs ADD COLUMN retry_of TEXT;
+    ALTER TABLE threads ADD COLUMN allowed_tools TEXT NOT NULL DEFAULT '[]';
+
+    CREATE TABLE inbox (
+        id          TEXT PRIMARY KEY,
+        run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        input       TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        applied_at  REAL
+    );
+    CREATE INDEX inbox_by_run ON inbox (run_id, created_at);
+    """,
 ]

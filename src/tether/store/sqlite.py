@@ -14,16 +14,30 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
 from tether.events import Event, FeedItem
-from tether.store import Checkpoint, Run, RunStatus, Thread, WriteBatch
+from tether.store import Checkpoint, Decision, InboxItem, PendingCall, Run, RunStatus, Thread, WriteBatch
 from tether.store.migrations import MIGRATIONS
 
-_RUN_COLUMNS = "id, thread_id, status, input, multitask, model, created_at, started_at, finished_at, error"
-_UPDATABLE_RUN_FIELDS = {"status", "started_at", "finished_at", "error"}
+_RUN_COLUMNS = (
+    "id, thread_id, status, input, multitask, model, created_at, started_at, finished_at, error, "
+    "pending_approvals, decisions, base_checkpoint_id, retry_of"
+)
+_UPDATABLE_RUN_FIELDS = {
+    "status",
+    "started_at",
+    "finished_at",
+    "error",
+    "pending_approvals",
+    "decisions",
+    "base_checkpoint_id",
+}
+_THREAD_COLUMNS = "id, title, created_at, updated_at, metadata, allowed_tools"
 
 
 class SQLiteStore:
@@ -59,8 +73,7 @@ class SQLiteStore:
             (version,) = await cur.fetchone()  # type: ignore[misc]
         if version > len(MIGRATIONS):
             raise RuntimeError(
-                f"database schema version {version} is newer than this Tether knows ({len(MIGRATIONS)}); "
-                "upgrade Tether"
+                f"database schema version {version} is newer than this Tether knows ({len(MIGRATIONS)}); upgrade Tether"
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
@@ -82,40 +95,48 @@ class SQLiteStore:
         assert self._writer is not None, "store is not open"
         return self._writer
 
-    @property
-    def _r(self) -> aiosqlite.Connection:
+    async def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Run a read as one call on the reader's thread: execute, fetch all, finish the statement.
+
+        A statement left open across an await would keep the reader's snapshot (its WAL read
+        transaction) alive, and queries of other coroutines would see stale data.
+        """
         assert self._reader is not None, "store is not open"
-        return self._reader
+        return list(await self._reader.execute_fetchall(sql, args))
+
+    async def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+        rows = await self._all(sql, args)
+        return rows[0] if rows else None
 
     # threads
 
     async def create_thread(self, thread: Thread) -> None:
         async with self._transaction() as w:
             await w.execute(
-            "INSERT INTO threads (id, title, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO threads (id, title, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
                 (thread.id, thread.title, thread.created_at, thread.updated_at, json.dumps(thread.metadata)),
             )
 
     async def get_thread(self, thread_id: str) -> Thread | None:
-        async with self._r.execute(
-            "SELECT id, title, created_at, updated_at, metadata FROM threads WHERE id = ?", (thread_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._one(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,))
         return _thread(row) if row else None
 
     async def list_threads(self, limit: int, before: float | None = None) -> list[Thread]:
-        sql = "SELECT id, title, created_at, updated_at, metadata FROM threads"
+        sql = f"SELECT {_THREAD_COLUMNS} FROM threads"
         args: tuple = ()
         if before is not None:
             sql += " WHERE updated_at < ?"
             args = (before,)
         sql += " ORDER BY updated_at DESC LIMIT ?"
-        async with self._r.execute(sql, (*args, limit)) as cur:
-            return [_thread(row) for row in await cur.fetchall()]
+        return [_thread(row) for row in await self._all(sql, (*args, limit))]
 
     async def update_thread(self, thread_id: str, *, title: str | None) -> None:
         async with self._transaction() as w:
             await w.execute("UPDATE threads SET title = ? WHERE id = ?", (title, thread_id))
+
+    async def allow_tools(self, thread_id: str, tools: list[str]) -> None:
+        async with self._transaction() as w:
+            await w.execute("UPDATE threads SET allowed_tools = ? WHERE id = ?", (json.dumps(tools), thread_id))
 
     async def delete_thread(self, thread_id: str) -> None:
         async with self._transaction() as w:
@@ -127,75 +148,106 @@ class SQLiteStore:
     async def create_run(self, run: Run) -> None:
         async with self._transaction() as w:
             await w.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    run.id, run.thread_id, run.status, run.input, run.multitask, run.model,
-                    run.created_at, run.started_at, run.finished_at, run.error,
+                    run.id,
+                    run.thread_id,
+                    run.status,
+                    run.input,
+                    run.multitask,
+                    run.model,
+                    run.created_at,
+                    run.started_at,
+                    run.finished_at,
+                    run.error,
+                    _json_pending(run.pending_approvals),
+                    _json_decisions(run.decisions),
+                    run.base_checkpoint_id,
+                    run.retry_of,
                 ),
             )
-            await w.execute(
-                "UPDATE threads SET updated_at = ? WHERE id = ?", (run.created_at, run.thread_id)
-            )
+            await w.execute("UPDATE threads SET updated_at = ? WHERE id = ?", (run.created_at, run.thread_id))
 
     async def get_run(self, run_id: str) -> Run | None:
-        async with self._r.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)) as cur:
-            row = await cur.fetchone()
-        return Run(*row) if row else None
+        row = await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return _run(row) if row else None
 
     async def list_runs(self, thread_id: str) -> list[Run]:
-        async with self._r.execute(
+        rows = await self._all(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE thread_id = ? ORDER BY created_at, rowid", (thread_id,)
-        ) as cur:
-            return [Run(*row) for row in await cur.fetchall()]
+        )
+        return [_run(row) for row in rows]
 
     async def runs_with_status(self, statuses: tuple[RunStatus, ...]) -> list[Run]:
         marks = ", ".join("?" for _ in statuses)
-        async with self._r.execute(
+        rows = await self._all(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) ORDER BY created_at, rowid", statuses
-        ) as cur:
-            return [Run(*row) for row in await cur.fetchall()]
+        )
+        return [_run(row) for row in rows]
+
+    async def decide(self, run_id: str, before: dict[str, Decision], after: dict[str, Decision], resume: bool) -> bool:
+        async with self._transaction() as w:
+            cur = await w.execute(
+                "UPDATE runs SET decisions = ?, status = CASE WHEN ? THEN 'running' ELSE status END "
+                "WHERE id = ? AND status = 'awaiting_approval' AND COALESCE(decisions, '{}') = ?",
+                (_json_decisions(after), resume, run_id, _json_decisions(before) or "{}"),
+            )
+            return cur.rowcount == 1
+
+    async def add_to_inbox(self, item: InboxItem) -> None:
+        async with self._transaction() as w:
+            await w.execute(
+                "INSERT INTO inbox (id, run_id, input, created_at, applied_at) VALUES (?, ?, ?, ?, ?)",
+                (item.id, item.run_id, item.input, item.created_at, item.applied_at),
+            )
+
+    async def inbox(self, run_id: str) -> list[InboxItem]:
+        rows = await self._all(
+            "SELECT id, run_id, input, created_at, applied_at FROM inbox WHERE run_id = ? ORDER BY created_at, rowid",
+            (run_id,),
+        )
+        return [InboxItem(*row) for row in rows]
 
     # checkpoints
 
     async def latest_checkpoint(self, thread_id: str) -> Checkpoint | None:
-        async with self._r.execute(
-            "SELECT thread_id, run_id, messages, created_at FROM checkpoints "
+        row = await self._one(
+            "SELECT thread_id, run_id, messages, created_at, id FROM checkpoints "
             "WHERE thread_id = ? ORDER BY id DESC LIMIT 1",
             (thread_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
+        return Checkpoint(*row) if row else None
+
+    async def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None:
+        row = await self._one(
+            "SELECT thread_id, run_id, messages, created_at, id FROM checkpoints WHERE id = ?", (checkpoint_id,)
+        )
         return Checkpoint(*row) if row else None
 
     # the event log and the feed
 
     async def last_seq(self, thread_id: str) -> int:
-        async with self._r.execute("SELECT MAX(seq) FROM events WHERE thread_id = ?", (thread_id,)) as cur:
-            (seq,) = await cur.fetchone()  # type: ignore[misc]
-        return seq or 0
+        row = await self._one("SELECT MAX(seq) FROM events WHERE thread_id = ?", (thread_id,))
+        return row[0] or 0 if row else 0
 
-    async def read_events(
-        self, thread_id: str, after: int, limit: int, run_id: str | None = None
-    ) -> list[Event]:
+    async def read_events(self, thread_id: str, after: int, limit: int, run_id: str | None = None) -> list[Event]:
         if run_id is None:
             sql = "SELECT seq, run_id, type, data FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?"
             args: tuple = (thread_id, after, limit)
         else:
             sql = "SELECT seq, run_id, type, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
             args = (run_id, after, limit)
-        async with self._r.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-        return [Event(thread_id, seq, rid, type_, data) for seq, rid, type_, data in rows]
+        return [Event(thread_id, seq, rid, type_, data) for seq, rid, type_, data in await self._all(sql, args)]
 
     async def last_feed_seq(self) -> int:
-        async with self._r.execute("SELECT MAX(seq) FROM feed") as cur:
-            (seq,) = await cur.fetchone()  # type: ignore[misc]
-        return seq or 0
+        row = await self._one("SELECT MAX(seq) FROM feed")
+        return row[0] or 0 if row else 0
 
     async def read_feed(self, after: int, limit: int) -> list[FeedItem]:
-        async with self._r.execute(
+        rows = await self._all(
             "SELECT seq, thread_id, run_id, data FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        ) as cur:
-            return [FeedItem(*row) for row in await cur.fetchall()]
+        )
+        return [FeedItem(*row) for row in rows]
 
     async def write(self, batch: WriteBatch) -> None:
         async with self._transaction() as w:
@@ -213,7 +265,12 @@ class SQLiteStore:
                 unknown = set(fields) - _UPDATABLE_RUN_FIELDS
                 assert not unknown, f"not updatable: {unknown}"
                 assignments = ", ".join(f"{name} = ?" for name in fields)
-                await w.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id))
+                values = [_encode_run_field(name, value) for name, value in fields.items()]
+                await w.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values, run_id))
+            if batch.inbox_applied:
+                await w.executemany(
+                    "UPDATE inbox SET applied_at = ? WHERE id = ?", [(ts, id_) for id_, ts in batch.inbox_applied]
+                )
             if batch.feed:
                 await w.executemany(
                     "INSERT INTO feed (seq, thread_id, run_id, data) VALUES (?, ?, ?, ?)",
@@ -222,5 +279,32 @@ class SQLiteStore:
 
 
 def _thread(row: tuple) -> Thread:
-    id_, title, created_at, updated_at, metadata = row
-    return Thread(id_, title, created_at, updated_at, json.loads(metadata))
+    id_, title, created_at, updated_at, metadata, allowed_tools = row
+    return Thread(id_, title, created_at, updated_at, json.loads(metadata), json.loads(allowed_tools))
+
+
+def _run(row: tuple) -> Run:
+    *head, pending, decisions, base_checkpoint_id, retry_of = row
+    return Run(
+        *head,
+        pending_approvals=[PendingCall(**c) for c in json.loads(pending)] if pending else None,
+        decisions={k: Decision(**v) for k, v in json.loads(decisions).items()} if decisions else None,
+        base_checkpoint_id=base_checkpoint_id,
+        retry_of=retry_of,
+    )
+
+
+def _json_pending(pending: list[PendingCall] | None) -> str | None:
+    return None if pending is None else json.dumps([asdict(c) for c in pending])
+
+
+def _json_decisions(decisions: dict[str, Decision] | None) -> str | None:
+    return None if decisions is None else json.dumps({k: asdict(v) for k, v in decisions.items()}, sort_keys=True)
+
+
+def _encode_run_field(name: str, value: Any) -> Any:
+    if name == "pending_approvals":
+        return _json_pending(value)
+    if name == "decisions":
+        return _json_decisions(value)
+    return value
