@@ -64,10 +64,11 @@ class Engine:
         await self.store.close()
 
     async def _settle_orphans(self) -> None:
-        """Runs a dead process left active. They cannot resume yet, so they end failed, with the reason."""
-        for run in await self.store.runs_with_status(ACTIVE_STATUSES):
-            if run.status == "queued":
-                continue
+        """Runs a dead process left running. They cannot resume yet, so they end failed, with the reason.
+
+        Runs awaiting approval need nothing: their state is in the store. Queued runs start.
+        """
+        for run in await self.store.runs_with_status(("running",)):
             await self.journal.open_thread(run.thread_id)
             reason = "the server stopped while this run was active"
             self.journal.event(

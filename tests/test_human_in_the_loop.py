@@ -1,0 +1,324 @@
+"""Approvals, steering, interrupt and retry (invariants 5 and 6), over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether.client import TetherClient, TetherError
+from tether.transcript import comparable, fold
+
+from .conftest import wait_for_status
+
+
+def tool_log(data_dir: Path) -> list[dict]:
+    path = data_dir / "demo_tools.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def notes(data_dir: Path) -> list[str]:
+    path = data_dir / "notes.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def thread_events(client: TetherClient, thread_id: str) -> list[dict]:
+    """Every event of the thread so far, in order."""
+    last = (await client.get_thread(thread_id))["last_seq"]
+    events = []
+    if last == 0:
+        return events
+    async for event in client.stream_thread(thread_id):
+        events.append(event.data)
+        if event.seq == last:
+            return events
+    return events
+
+
+async def assert_transcript_consistent(client: TetherClient, thread_id: str) -> dict:
+    stored = await client.get_thread(thread_id)
+    assert comparable(fold(await thread_events(client, thread_id))) == comparable(stored["messages"])
+    return stored
+
+
+async def approve(url: str, run_id: str, decisions: dict) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=url) as http:
+        return await http.post(f"/v1/runs/{run_id}/approvals", json={"decisions": decisions})
+
+
+async def pause_for_approval(client: TetherClient, text: str = "hello") -> tuple[str, str, dict]:
+    thread = await client.create_thread()
+    run = await client.send(thread["id"], f"/approve {text}")
+    paused = await wait_for_status(client, run["run_id"], {"awaiting_approval", "failed"})
+    assert paused["status"] == "awaiting_approval", paused
+    return thread["id"], run["run_id"], paused
+
+
+@pytest.mark.parametrize("approved", [True, False])
+async def test_approval_round_trip_with_a_real_server_process(tether_process, tmp_path, approved):
+    server = tether_process().start()
+    async with TetherClient(server.url) as client:
+        thread_id, run_id, paused = await pause_for_approval(client, "buy milk")
+        [call] = paused["pending_approvals"]
+        assert call["tool_name"] == "write_note" and call["args"] == {"text": "buy milk"}
+        assert (await client.get_thread(thread_id))["active_run"]["pending_approvals"][0]["tool_call_id"] == (
+            call["tool_call_id"]
+        )
+        assert tool_log(server.data_dir) == []
+
+        run_events = []
+
+        async def follow() -> None:
+            async for event in client.stream_run(run_id):
+                run_events.append(event.data)
+
+        follower = asyncio.create_task(follow())
+        decision = {"approved": approved} if approved else {"approved": False, "reason": "not today"}
+        response = await approve(server.url, run_id, {call["tool_call_id"]: decision})
+        assert response.status_code == 202, response.text
+        done = await wait_for_status(client, run_id, {"completed", "failed"})
+        assert done["status"] == "completed", done
+        await asyncio.wait_for(follower, 10)
+
+        reply = "".join(
+            e["delta"] for e in run_events if e["type"] == "TEXT_MESSAGE_CONTENT" and not e["delta"].startswith("/")
+        )
+        if approved:
+            assert tool_log(server.data_dir) == [{"tool": "write_note", "tool_call_id": call["tool_call_id"]}]
+            assert notes(server.data_dir) == ["buy milk"]
+            assert "saved the note" in reply
+        else:
+            assert tool_log(server.data_dir) == []
+            assert notes(server.data_dir) == []
+            assert "not today" in reply
+        custom = [e for e in run_events if e["type"] == "CUSTOM"]
+        assert custom[0]["name"] == "tether.approval_requested"
+        assert custom[0]["value"]["calls"][0]["toolCallId"] == call["tool_call_id"]
+        await assert_transcript_consistent(client, thread_id)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+async def test_approval_survives_a_server_restart(tether_process, tmp_path, sig):
+    server = tether_process().start()
+    async with TetherClient(server.url) as client:
+        thread_id, run_id, _ = await pause_for_approval(client, "after restart")
+    server.stop(sig)
+    restarted = tether_process(data_dir=server.data_dir).start()
+    async with TetherClient(restarted.url) as client:
+        run = await client.get_run(run_id)
+        assert run["status"] == "awaiting_approval"
+        [call] = run["pending_approvals"]
+        response = await approve(restarted.url, run_id, {call["tool_call_id"]: {"approved": True}})
+        assert response.status_code == 202, response.text
+        done = await wait_for_status(client, run_id, {"completed", "failed"})
+        assert done["status"] == "completed", done
+        assert notes(restarted.data_dir) == ["after restart"]
+        assert [e["tool"] for e in tool_log(restarted.data_dir)] == ["write_note"]
+        await assert_transcript_consistent(client, thread_id)
+
+
+async def test_two_concurrent_decisions_one_wins(server):
+    async with TetherClient(server.url) as client:
+        _, run_id, paused = await pause_for_approval(client)
+        call_id = paused["pending_approvals"][0]["tool_call_id"]
+        responses = await asyncio.gather(
+            approve(server.url, run_id, {call_id: {"approved": True}}),
+            approve(server.url, run_id, {call_id: {"approved": False}}),
+        )
+        assert sorted(r.status_code for r in responses) == [202, 409]
+        loser = next(r for r in responses if r.status_code == 409)
+        assert loser.json()["error"]["code"] in {"already_decided", "not_awaiting_approval"}
+        await wait_for_status(client, run_id, {"completed"})
+        assert len(tool_log(server.settings.data_dir)) in (0, 1)
+
+
+async def test_edited_arguments_and_always_allow(server):
+    async with TetherClient(server.url) as client:
+        thread_id, run_id, paused = await pause_for_approval(client, "original")
+        call_id = paused["pending_approvals"][0]["tool_call_id"]
+        response = await approve(
+            server.url, run_id, {call_id: {"approved": True, "args": {"text": "edited"}, "remember": True}}
+        )
+        assert response.status_code == 202
+        await wait_for_status(client, run_id, {"completed"})
+        assert notes(server.settings.data_dir) == ["edited"]
+        assert (await client.get_thread(thread_id))["allowed_tools"] == ["write_note"]
+        # Remembered: the next call of write_note in this thread runs without asking.
+        second = await client.send(thread_id, "/approve no questions")
+        done = await wait_for_status(client, second["run_id"], {"completed", "awaiting_approval", "failed"})
+        assert done["status"] == "completed"
+        assert notes(server.settings.data_dir) == ["edited", "no questions"]
+        await assert_transcript_consistent(client, thread_id)
+
+
+async def test_cancel_a_run_awaiting_approval(server):
+    async with TetherClient(server.url) as client:
+        thread_id, run_id, _ = await pause_for_approval(client)
+        cancelled = await client.cancel(run_id)
+        assert cancelled["status"] == "cancelled" and cancelled["pending_approvals"] == []
+        events = [e.data async for e in client.stream_run(run_id)]
+        assert events[-1]["type"] == "RUN_FINISHED"
+        assert any(e["type"] == "CUSTOM" and e["name"] == "tether.run_cancelled" for e in events)
+        # The thread goes on, and the unapproved call never runs.
+        run = await client.send(thread_id, "/stream 3")
+        await wait_for_status(client, run["run_id"], {"completed"})
+        assert tool_log(server.settings.data_dir) == []
+        await assert_transcript_consistent(client, thread_id)
+
+
+async def test_steer_lands_between_steps_and_keeps_completed_tools(server):
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url) as http:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/steps 5 ms=200")
+        results = 0
+        async for event in client.stream_run(run["run_id"]):
+            if event.data["type"] == "TOOL_CALL_RESULT":
+                results += 1
+                if results == 2:
+                    break
+        response = await http.post(f"/v1/threads/{thread['id']}/steer", json={"input": "stop after this please"})
+        assert response.status_code == 202
+        assert response.json() == {
+            "run_id": run["run_id"],
+            "thread_id": thread["id"],
+            "status": "running",
+            "delivery": "inbox",
+        }
+        await wait_for_status(client, run["run_id"], {"completed"})
+        events = [e async for e in client.stream_run(run["run_id"])]
+
+    kinds = [(e.seq, e.data["type"], e.data.get("name")) for e in events]
+    steer_seq = next(seq for seq, kind, name in kinds if name == "tether.steer_applied")
+    result_seqs = [seq for seq, kind, _ in kinds if kind == "TOOL_CALL_RESULT"]
+    assert any(s < steer_seq for s in result_seqs), "the steer came before any tool result"
+    assert len(result_seqs) < 5, "the agent did not change course"
+    logged = [e["tool_call_id"] for e in tool_log(server.settings.data_dir)]
+    assert len(logged) == len(set(logged)) == len(result_seqs), "a completed tool ran again"
+    async with TetherClient(server.url) as client:
+        stored = await assert_transcript_consistent(client, thread["id"])
+    roles = [(m["role"], m.get("content")) for m in comparable(stored["messages"])]
+    steer_at = roles.index(("user", "stop after this please"))
+    assert roles[steer_at - 1][0] == "tool", "the steer message is not right after the last tool result"
+    assert roles[-1][0] == "assistant" and "stop after this please" in roles[-1][1]
+
+
+async def test_steer_on_an_idle_thread_starts_a_run(server):
+    async with httpx.AsyncClient(base_url=server.url) as http, TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        response = await http.post(f"/v1/threads/{thread['id']}/steer", json={"input": "/stream 2"})
+        assert response.status_code == 202 and response.json()["delivery"] == "new_run"
+        done = await wait_for_status(client, response.json()["run_id"], {"completed"})
+        assert done["input"] == "/stream 2"
+
+
+async def test_steer_while_awaiting_approval_is_applied_after_the_decision(server):
+    async with TetherClient(server.url) as client:
+        thread_id, run_id, paused = await pause_for_approval(client)
+        steered = await client.send(thread_id, "and then say hi", multitask="steer")
+        assert steered["run_id"] == run_id
+        call_id = paused["pending_approvals"][0]["tool_call_id"]
+        assert (await approve(server.url, run_id, {call_id: {"approved": True}})).status_code == 202
+        await wait_for_status(client, run_id, {"completed"})
+        stored = await assert_transcript_consistent(client, thread_id)
+        roles = [(m["role"], m.get("content")) for m in comparable(stored["messages"])]
+        assert roles.index(("user", "and then say hi")) > [r for r, _ in roles].index("tool")
+
+
+async def test_interrupt_discards_the_partial_answer(server):
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        old = await client.send(thread["id"], "/stream 10000 ms=1")
+        async for event in client.stream_run(old["run_id"]):
+            if event.data.get("delta") == " w20":
+                break
+        new = await client.send(thread["id"], "/stream 3", multitask="interrupt")
+        old_events = [e.data async for e in client.stream_run(old["run_id"])]
+        assert old_events[-1]["type"] == "RUN_FINISHED"
+        reason = next(e for e in old_events if e["type"] == "CUSTOM" and e["name"] == "tether.run_cancelled")
+        assert "interrupted" in reason["value"]["reason"]
+        assert (await client.get_run(old["run_id"]))["status"] == "cancelled"
+        await wait_for_status(client, new["run_id"], {"completed"})
+        stored = await assert_transcript_consistent(client, thread["id"])
+        assert comparable(stored["messages"]) == [
+            {"role": "user", "content": "/stream 10000 ms=1"},
+            {"role": "user", "content": "/stream 3"},
+            {"role": "assistant", "content": "w1 w2 w3"},
+        ]
+
+
+async def test_retry_rewinds_and_reanswers(server):
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url) as http:
+        thread = await client.create_thread()
+        first = await client.send(thread["id"], "/stream 2")
+        await wait_for_status(client, first["run_id"], {"completed"})
+        second = await client.send(thread["id"], "/tools 2")
+        await wait_for_status(client, second["run_id"], {"completed"})
+        before = await client.get_thread(thread["id"])
+
+        response = await http.post(f"/v1/threads/{thread['id']}/retry")
+        assert response.status_code == 202, response.text
+        retried = await wait_for_status(client, response.json()["run_id"], {"completed"})
+        assert retried["retry_of"] == second["run_id"] and retried["input"] == "/tools 2"
+        after = await assert_transcript_consistent(client, thread["id"])
+        old_tool_ids = {c["id"] for m in before["messages"] for c in m.get("toolCalls", [])}
+        new_tool_ids = {c["id"] for m in after["messages"] for c in m.get("toolCalls", [])}
+        assert old_tool_ids and new_tool_ids and not (old_tool_ids & new_tool_ids), "the old answer is still there"
+        assert [m["role"] for m in comparable(after["messages"])] == [m["role"] for m in comparable(before["messages"])]
+        assert [m["role"] for m in comparable(after["messages"])].count("user") == 2
+
+
+async def test_retry_conflicts(server):
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url) as http:
+        thread = await client.create_thread()
+        empty = await http.post(f"/v1/threads/{thread['id']}/retry")
+        assert empty.status_code == 409 and empty.json()["error"]["code"] == "nothing_to_retry"
+        run = await client.send(thread["id"], "/stream 500 ms=5")
+        busy = await http.post(f"/v1/threads/{thread['id']}/retry")
+        assert busy.status_code == 409 and busy.json()["error"]["code"] == "thread_busy"
+        await client.cancel(run["run_id"])
+
+
+async def test_bad_input_on_the_human_in_the_loop_endpoints(server):
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url) as http:
+        thread_id, run_id, paused = await pause_for_approval(client)
+        call_id = paused["pending_approvals"][0]["tool_call_id"]
+        cases = [
+            (
+                "POST",
+                f"/v1/runs/{run_id}/approvals",
+                {"decisions": {"nope": {"approved": True}}},
+                400,
+                "unknown_tool_call",
+            ),
+            ("POST", f"/v1/runs/{run_id}/approvals", {"decisions": {}}, 422, "invalid_request"),
+            (
+                "POST",
+                f"/v1/runs/{run_id}/approvals",
+                {"decisions": {call_id: {"approved": "yes"}}},
+                422,
+                "invalid_request",
+            ),
+            ("POST", f"/v1/runs/{run_id}/approvals", {"decision": {}}, 422, "invalid_request"),
+            ("POST", "/v1/runs/run_missing/approvals", {"decisions": {call_id: {"approved": True}}}, 404, "not_found"),
+            ("POST", f"/v1/threads/{thread_id}/steer", {"input": ""}, 422, "invalid_request"),
+            ("POST", f"/v1/threads/{thread_id}/steer", {"input": 5}, 422, "invalid_request"),
+            ("POST", "/v1/threads/thr_missing/steer", {"input": "hi"}, 404, "not_found"),
+            ("POST", "/v1/threads/thr_missing/retry", None, 404, "not_found"),
+            ("POST", f"/v1/threads/{thread_id}/runs", {"input": "x", "multitask": "sideways"}, 422, "invalid_request"),
+        ]
+        for method, path, body, status, code in cases:
+            response = await http.request(method, path, json=body)
+            assert response.status_code == status, (path, body, response.text)
+            assert response.json()["error"]["code"] == code, (path, body, response.text)
+        # Nothing was lost: the run still waits, and the right decision still works.
+        assert (await client.get_run(run_id))["status"] == "awaiting_approval"
+        assert (await approve(server.url, run_id, {call_id: {"approved": False}})).status_code == 202
+        await wait_for_status(client, run_id, {"completed"})
+        late = await approve(server.url, run_id, {call_id: {"approved": True}})
+        assert late.status_code == 409 and late.json()["error"]["code"] == "not_awaiting_approval"
+        with pytest.raises(TetherError):
+            await client.cancel(run_id)
