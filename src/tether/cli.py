@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import uvicorn
 
 from tether import __version__
 from tether.config import (
     DEFAULT_KEEPALIVE_SECONDS,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_RECOVERIES,
     DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_STREAM_BUFFER,
     Settings,
 )
+
+if TYPE_CHECKING:
+    from tether.engine import Engine
 
 EPILOG = """\
 Every flag can also be set with an environment variable, named in brackets.
@@ -107,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("TETHER_KEEPALIVE", DEFAULT_KEEPALIVE_SECONDS)),
         help="seconds between keep-alive comments on idle streams [TETHER_KEEPALIVE]",
     )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(_env("TETHER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)),
+        help="on SIGTERM/SIGINT, seconds runs get to reach a step boundary; they resume on the next "
+        "start; a second signal exits at once [TETHER_SHUTDOWN_GRACE]",
+    )
+    serve.add_argument(
+        "--max-recoveries",
+        type=int,
+        default=int(_env("TETHER_MAX_RECOVERIES", DEFAULT_MAX_RECOVERIES)),
+        help="how many times a run interrupted by a crash or restart is resumed before it fails "
+        "[TETHER_MAX_RECOVERIES]",
+    )
     serve.set_defaults(handler=serve_command)
 
     for name, help_ in (("threads", "list the threads of a running server"), ("runs", "list the runs of one thread")):
@@ -133,8 +155,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from tether.agents import AgentLoadError
     from tether.app import create_app
 
@@ -149,6 +169,8 @@ def serve_command(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         stream_buffer=args.stream_buffer,
         keepalive_seconds=args.keepalive,
+        shutdown_grace=args.shutdown_grace,
+        max_recoveries=args.max_recoveries,
     )
     if not settings.binds_loopback_only and not settings.token:
         print(
@@ -176,11 +198,38 @@ def serve_command(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
-        timeout_graceful_shutdown=3,
+        timeout_graceful_shutdown=settings.shutdown_grace + 5,
         lifespan="on",
     )
-    uvicorn.Server(config).run()
+    TetherServer(config, app.state.engine).run()
     return 0
+
+
+class TetherServer(uvicorn.Server):
+    """uvicorn with Tether's graceful shutdown.
+
+    The first SIGTERM/SIGINT refuses new runs, stops runs at their next step boundary (they resume on
+    the next start) and ends every stream with a comment telling clients to reconnect; then uvicorn
+    drains and exits 0. A second signal exits at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+        super().__init__(config)
+        self.engine = engine
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            print("tether: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(1)
+        logging.getLogger("tether").info("signal %s: shutting down gracefully (again to exit now)", sig)
+        self.should_exit = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.engine.begin_shutdown)
 
 
 class _DropCutOffNoise(logging.Filter):

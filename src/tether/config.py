@@ -10,6 +10,8 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 DEFAULT_STREAM_BUFFER = 10_000
 DEFAULT_KEEPALIVE_SECONDS = 15.0
+DEFAULT_SHUTDOWN_GRACE = 10.0
+DEFAULT_MAX_RECOVERIES = 3
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,12 @@ class Settings:
     stream_buffer: int = DEFAULT_STREAM_BUFFER
     """Events a live stream may fall behind before the server cuts it off (the client resumes from the log)."""
     keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    """On SIGTERM, how long runs get to reach a step boundary before they are stopped where they are."""
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES
+    """A run found running at start-up is resumed at most this many times, then fails."""
+    checkpoints: bool = True
+    """Checkpoint before every model request. Only benchmarks turn this off, to measure its cost."""
     commit_interval: float = 0.002
     """Group commit: how long the journal gathers events before one transaction writes them."""
 

@@ -6,7 +6,7 @@ easy to trigger from curl, the UI or a test:
     /stream N [ms=D]   reply `w1 w2 … wN`, one word per delta, D ms apart
     /tools K [ms=D]    one batch of K parallel `sleep` calls, then a one-line reply
     /steps S [ms=D]    S model steps, each calling `sleep` once, then a one-line reply
-    /approve TEXT      call `write_note(text=TEXT)`, which needs a human's approval
+    /approve TEXT [ms=D]  call `write_note(text=TEXT)`, which needs a human's approval (and takes D ms)
     /fail              the model raises, so the run fails
 
 Every tool execution appends `{"tool": name, "tool_call_id": id}` to
@@ -39,6 +39,7 @@ from pydantic_ai.tools import DeferredToolRequests
 HELP = "Try /stream 20, /tools 3, /steps 3, /approve hello or /fail."
 
 _DIRECTIVE = re.compile(r"^/(stream|tools|steps)\s+(\d+)(?:\s+ms=(\d+))?\s*$")
+_APPROVE_DELAY = re.compile(r"\s+ms=(\d+)\s*$")
 
 
 class DemoModelError(RuntimeError):
@@ -89,8 +90,10 @@ async def demo_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIte
         raise DemoModelError("the demo model failed, as /fail asked")
     if prompt.startswith("/approve"):
         text = prompt.removeprefix("/approve").strip()
+        slow = _APPROVE_DELAY.search(text)
+        args: dict = {"text": text[: slow.start()].rstrip(), "ms": int(slow[1])} if slow else {"text": text}
         if not turn.tool_returns:
-            yield _call("write_note", {"text": text})
+            yield _call("write_note", args)
         else:
             async for piece in _words(f"write_note says: {turn.tool_returns[-1].model_response_str()}"):
                 yield piece
@@ -154,17 +157,21 @@ def build_demo_agent(data_dir: Path) -> Agent[None, str | DeferredToolRequests]:
         name="tether-demo",
     )
 
-    @agent.tool
+    @agent.tool(metadata={"idempotent": True})
     async def sleep(ctx: RunContext[None], ms: int) -> str:
-        """Wait `ms` milliseconds."""
+        """Wait `ms` milliseconds. Idempotent: after a crash mid-call, Tether runs it again."""
         record(ctx, "sleep")
         await asyncio.sleep(ms / 1000)
         return f"slept {ms} ms"
 
     @agent.tool(requires_approval=True)
-    async def write_note(ctx: RunContext[None], text: str) -> str:
-        """Append a line to notes.txt in the data directory (needs a human's approval)."""
+    async def write_note(ctx: RunContext[None], text: str, ms: int = 0) -> str:
+        """Append a line to notes.txt in the data directory, after `ms` milliseconds (needs approval).
+
+        Not idempotent: after a crash mid-call it is not run again; the model is told the outcome is unknown.
+        """
         record(ctx, "write_note")
+        await asyncio.sleep(ms / 1000)
         with notes.open("a") as f:
             f.write(text + "\n")
         return f"saved the note {text!r}"

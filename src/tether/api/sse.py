@@ -1,7 +1,8 @@
 """Server-sent events: a follower's batches as `id:`/`data:` frames, with keep-alives.
 
 The response ends when the follower ends (a run's terminal event), when the
-client disconnects, or when the follower is cut off for falling behind; in the
+client disconnects, when the server shuts down (with a final comment, so the
+client reconnects), or when the follower is cut off for falling behind; in the
 last case the connection is closed even if a send is blocked on a client that
 stopped reading, so a stalled client holds no memory and slows no run.
 """
@@ -19,6 +20,7 @@ from tether.engine.streams import Follower
 log = logging.getLogger("tether.stream")
 
 KEEPALIVE = b": keep-alive\n\n"
+SHUTDOWN = b": server shutting down; reconnect with Last-Event-ID\n\n"
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -42,14 +44,23 @@ class EventStreamResponse(Response):
         pump = asyncio.create_task(self._pump(send))
         disconnect = asyncio.create_task(_wait_for_disconnect(receive))
         cut_off = asyncio.create_task(self.follower.cut_off.wait())
+        closing = asyncio.create_task(self.follower.closing.wait())
+        watchers = (pump, disconnect, cut_off, closing)
         try:
-            await asyncio.wait({pump, disconnect, cut_off}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (pump, disconnect, cut_off):
+            for task in watchers:
                 task.cancel()
-            await asyncio.gather(pump, disconnect, cut_off, return_exceptions=True)
+            await asyncio.gather(*watchers, return_exceptions=True)
         if pump.done() and not pump.cancelled() and pump.exception() is not None:
             raise pump.exception()  # type: ignore[misc]
+        if closing.done() and not closing.cancelled() and not (pump.done() and not pump.cancelled()):
+            # A client that reads gets this at once; one that does not is not waited for long.
+            try:
+                await asyncio.wait_for(send({"type": "http.response.body", "body": SHUTDOWN, "more_body": False}), 1)
+            except TimeoutError:
+                pass
+            return
         if cut_off.done() and not cut_off.cancelled():
             log.warning(
                 "%s: client fell more than %d events behind and was cut off; it can resume from Last-Event-ID %d",

@@ -38,6 +38,10 @@ STEER_APPLIED = "tether.steer_applied"
 RUN_CANCELLED = "tether.run_cancelled"
 
 
+class ServerStopping(Exception):
+    """Raised at a step boundary when the server shuts down gracefully: the run stops without ending."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -72,6 +76,8 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
     """Called when pydantic-ai delivers enqueued content: the steering message it was, if any."""
     cancel_reason: Callable[[], str] | None = field(default=None, repr=False)
     error: Exception | None = None
+    stopped: bool = False
+    """The server stopped the run at a step boundary: no terminal event; it resumes on the next start."""
 
     async def before_stream(self) -> AsyncIterator[BaseEvent]:
         async for event in super().before_stream():
@@ -92,10 +98,19 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
                 yield agui_event
 
     async def on_error(self, error: Exception) -> AsyncIterator[BaseEvent]:
+        if isinstance(error, ServerStopping):
+            self.stopped = True
+            return
         self.error = error
         if self.history_after_failure is not None:
             yield messages_snapshot(self.history_after_failure(error))
         async for event in super().on_error(error):
+            yield event
+
+    async def after_stream(self) -> AsyncIterator[BaseEvent]:
+        if self.stopped:
+            return
+        async for event in super().after_stream():
             yield event
 
     async def on_cancelled(self, cancelled: RunCancelled) -> AsyncIterator[BaseEvent]:

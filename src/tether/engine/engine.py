@@ -46,43 +46,74 @@ class Engine:
         self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._followups: set[asyncio.Task[None]] = set()
         self._accepting = False
+        self.closing = asyncio.Event()
+        """Set when the server begins to shut down: streams end with a comment telling clients to reconnect."""
 
     async def start(self) -> None:
         await self.store.open()
         await self.journal.start()
-        await self._settle_orphans()
         self._accepting = True
+        await self._recover()
+
+    def begin_shutdown(self) -> None:
+        """First step of a graceful stop: refuse new runs (503), stop runs at their next step boundary,
+        and close every stream (clients reconnect with Last-Event-ID once the server is back)."""
+        self._accepting = False
+        self.closing.set()
+        for runner, _ in self._executions.values():
+            runner.stop_at_step_boundary()
 
     async def stop(self) -> None:
-        """Stop accepting runs, cancel the ones in flight, and commit what they recorded."""
-        self._accepting = False
+        """Give runs the grace period to reach a step boundary, stop the rest, commit, close the store."""
+        self.begin_shutdown()
         tasks = [task for _, task in self._executions.values()]
-        for task in tasks:
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning(
+                    "%d run(s) did not reach a step boundary within %.0fs; stopped where they were",
+                    len(late),
+                    self.settings.shutdown_grace,
+                )
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in list(self._followups):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._followups, return_exceptions=True)
         await self.journal.stop()
         await self.store.close()
 
-    async def _settle_orphans(self) -> None:
-        """Runs a dead process left running. They cannot resume yet, so they end failed, with the reason.
+    async def _recover(self) -> None:
+        """Resume the runs a dead (or stopped) process left running, and start queued ones.
 
-        Runs awaiting approval need nothing: their state is in the store. Queued runs start.
+        Runs awaiting approval need nothing: their state is in the store.
         """
         for run in await self.store.runs_with_status(("running",)):
-            await self.journal.open_thread(run.thread_id)
-            reason = "the server stopped while this run was active"
-            self.journal.event(
-                run.thread_id, run.id, events.RUN_ERROR, events.encode(_run_error(reason, "server_restarted"))
-            )
-            self.journal.update_run(run.id, status="failed", finished_at=time.time(), error=reason)
-            self.journal.feed(
-                run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="failed", error=reason)
-            )
-            log.warning("run %s failed: %s", run.id, reason)
-        await self.journal.commit()
+            if run.recoveries >= self.settings.max_recoveries:
+                await self._fail_unrecoverable(run)
+                continue
+            log.info("run %s was running when the server stopped; resuming it", run.id)
+            await self._launch(run, mode="recover")
         queued_threads = {run.thread_id for run in await self.store.runs_with_status(("queued",))}
         for thread_id in queued_threads:
             await self._start_next(thread_id)
+
+    async def _fail_unrecoverable(self, run: Run) -> None:
+        reason = (
+            f"the server stopped during this run {run.recoveries + 1} times; it was resumed "
+            f"{run.recoveries} times (--max-recoveries) and is given up"
+        )
+        await self.journal.open_thread(run.thread_id)
+        self.journal.event(
+            run.thread_id, run.id, events.RUN_ERROR, events.encode(_run_error(reason, "too_many_recoveries"))
+        )
+        self.journal.update_run(run.id, status="failed", finished_at=time.time(), error=reason)
+        self.journal.feed(
+            run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="failed", error=reason)
+        )
+        await self.journal.commit()
+        log.warning("run %s failed: %s", run.id, reason)
 
     # threads
 
@@ -262,7 +293,7 @@ class Engine:
             await self.journal.commit()
             run = await self.get_run(run_id)
             if complete:
-                await self._launch(run, decisions=after)
+                await self._launch(run, mode="resume")
             return run
 
     async def get_run(self, run_id: str) -> Run:
@@ -306,7 +337,7 @@ class Engine:
         )
         await self.journal.commit()
 
-    async def _launch(self, run: Run, decisions: dict[str, Decision] | None = None) -> None:
+    async def _launch(self, run: Run, mode: Literal["start", "resume", "recover"] = "start") -> None:
         await self.journal.open_thread(run.thread_id)
         thread = await self.get_thread(run.thread_id)
         runner = RunExecution(
@@ -316,7 +347,8 @@ class Engine:
             self.store,
             model=self.settings.model,
             allowed_tools=set(thread.allowed_tools),
-            decisions=decisions,
+            mode=mode,
+            checkpoints=self.settings.checkpoints,
         )
         task = asyncio.create_task(runner.execute(), name=f"run-{run.id}")
         self._executions[run.id] = (runner, task)
@@ -368,6 +400,7 @@ class Engine:
             after=after,
             buffer=self.settings.stream_buffer,
             keepalive=self.settings.keepalive_seconds,
+            closing=self.closing,
         )
 
     async def follow_run(self, run_id: str, after: int) -> Follower:
@@ -380,6 +413,7 @@ class Engine:
             after=after,
             buffer=self.settings.stream_buffer,
             keepalive=self.settings.keepalive_seconds,
+            closing=self.closing,
             keep=lambda event: event.run_id == run_id,
             ends=lambda event: event.run_id == run_id and _ends_run(event),
         )
@@ -393,6 +427,7 @@ class Engine:
             after=after,
             buffer=self.settings.stream_buffer,
             keepalive=self.settings.keepalive_seconds,
+            closing=self.closing,
         )
 
     async def last_feed_seq(self) -> int:

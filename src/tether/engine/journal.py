@@ -21,7 +21,7 @@ from typing import Any
 
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.events import Event, FeedItem
-from tether.store import Checkpoint, Store, WriteBatch
+from tether.store import Checkpoint, Store, ToolMark, WriteBatch
 
 log = logging.getLogger("tether.journal")
 
@@ -94,6 +94,10 @@ class Journal:
         self._pending.inbox_applied.append((item_id, time.time()))
         self._wake()
 
+    def tool_mark(self, mark: ToolMark) -> None:
+        self._pending.tool_marks.append(mark)
+        self._wake()
+
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         self._pending.checkpoints.append(checkpoint)
         self._wake()
@@ -119,7 +123,8 @@ class Journal:
     async def _write_loop(self) -> None:
         while True:
             await self._wakeup.wait()
-            if self._interval and not self.congested:
+            if self._interval and not self.congested and not self._waiters:
+                # Gather a group of events; but a commit someone waits for goes now.
                 await asyncio.sleep(self._interval)
             self._wakeup.clear()
             batch, waiters = self._pending, self._waiters

@@ -7,13 +7,15 @@ RUN_FINISHED with an interrupt outcome when it pauses for approval.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from ag_ui.core import BaseEvent, RunErrorEvent, RunFinishedEvent, RunStartedEvent
-from pydantic_ai import Agent
+from pydantic_ai import Agent, RunContext
+from pydantic_ai.capabilities import Hooks
 from pydantic_ai.exceptions import RunCancelled
 from pydantic_ai.messages import (
     EnqueuedMessagesEvent,
@@ -27,18 +29,38 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.run import AgentRun, AgentRunResult, AgentRunResultEvent
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
+from pydantic_core import to_json
 
 from tether import events
-from tether.engine.agui import APPROVAL_REQUESTED, RUN_CANCELLED, TetherEventStream, custom, messages_snapshot, now_ms
+from tether.engine.agui import (
+    APPROVAL_REQUESTED,
+    RUN_CANCELLED,
+    ServerStopping,
+    TetherEventStream,
+    custom,
+    messages_snapshot,
+    now_ms,
+)
 from tether.engine.journal import Journal
 from tether.events import feed_notice
-from tether.store import Checkpoint, Decision, InboxItem, PendingCall, Run, RunStatus, Store
+from tether.faults import crash_point
+from tether.store import Checkpoint, CheckpointKind, Decision, InboxItem, PendingCall, Run, RunStatus, Store, ToolMark
 
 log = logging.getLogger("tether.run")
 
 
+UNKNOWN_OUTCOME = (
+    "The outcome of this tool call is unknown: the server restarted while it was running, so it may or may "
+    "not have taken effect. It was not run again."
+)
+
+
 class RunExecution:
-    """Drives one run to its next terminal event, and records every step."""
+    """Drives one run to its next terminal event, and records every step.
+
+    `mode` says where it starts: "start" (a new run), "resume" (after approval decisions), or
+    "recover" (a run found running at start-up: its process died, or stopped at a step boundary).
+    """
 
     def __init__(
         self,
@@ -49,7 +71,8 @@ class RunExecution:
         *,
         model: str | None,
         allowed_tools: set[str],
-        decisions: dict[str, Decision] | None = None,
+        mode: Literal["start", "resume", "recover"] = "start",
+        checkpoints: bool = True,
     ) -> None:
         self.run = run
         self._agent = agent
@@ -57,15 +80,20 @@ class RunExecution:
         self._store = store
         self._model = run.model or model
         self._allowed_tools = allowed_tools
-        self._resume = deferred_results(decisions) if decisions is not None else None
+        self._mode = mode
+        self._checkpoints = checkpoints
+        self._resume: DeferredToolResults | None = None
         self._agent_run: AgentRun[Any, Any] | None = None
         self._base_history: list[ModelMessage] = []
         self._final_history: list[ModelMessage] | None = None
         self._pause: tuple[list[PendingCall], dict[str, Decision]] | None = None
         self._cancel_reason: str | None = None
         self._discard_partial = False
+        self._stopping = False
         self._steers_waiting: list[InboxItem] = []
         self._steers_sent: dict[str, InboxItem] = {}
+        self._steers_applied: list[str] = []
+        self._tool_marks: dict[str, ToolMark] = {}
         self.status: RunStatus = "running"
 
     # called by the engine while the run executes
@@ -76,6 +104,10 @@ class RunExecution:
         self._discard_partial = discard_partial
         if self._agent_run is not None:
             self._agent_run.cancel()
+
+    def stop_at_step_boundary(self) -> None:
+        """For a graceful shutdown: stop before the next model request; the run resumes on the next start."""
+        self._stopping = True
 
     def steer(self, item: InboxItem) -> None:
         """Deliver a steering message before the next model request (pydantic-ai's enqueue)."""
@@ -92,26 +124,31 @@ class RunExecution:
         run, journal = self.run, self._journal
         started = time.monotonic()
         try:
-            rewound = await self._load_history()
+            prompt, snapshot = await self._prepare()
             journal.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="running"))
-            log.info("run %s %s on thread %s", run.id, "resumed" if self._resume else "started", run.thread_id)
+            log.info("run %s %s on thread %s", run.id, _VERBS[self._mode], run.thread_id)
+            crash_point("run_started")
             self._steers_waiting += [i for i in await self._store.inbox(run.id) if i.applied_at is None]
             stream = TetherEventStream(
                 thread_id=run.thread_id,
                 run_id=run.id,
-                user_input=None if self._resume else run.input,
-                rewound_history=self._base_history if rewound else None,
+                user_input=prompt,
+                rewound_history=self._base_history if snapshot else None,
                 history_after_failure=self._history_after_failure,
                 steer_applied=self._steer_applied,
                 cancel_reason=lambda: self._cancel_reason or "cancelled",
             )
-            async for event in stream.transform_stream(self._agent_events(), on_complete=self._on_complete):
+            async for event in stream.transform_stream(self._agent_events(prompt), on_complete=self._on_complete):
                 if events.is_terminal(event.type):
                     self._finish(stream)
                 journal.event(run.thread_id, run.id, event.type, events.encode(event))
+                if event.type == "TEXT_MESSAGE_CONTENT":
+                    crash_point("text_delta")
                 if journal.congested:
                     await journal.commit()
             await journal.commit()
+            if stream.stopped:
+                self.status = "running"
         except Exception as exc:
             log.exception("run %s crashed inside Tether", run.id)
             await self._record_crash(exc)
@@ -120,44 +157,135 @@ class RunExecution:
             log.warning("run %s failed after %.2fs: %s", run.id, elapsed, run.error)
         elif self.status == "awaiting_approval":
             log.info("run %s paused for approval after %.2fs", run.id, elapsed)
+        elif self.status == "running":
+            log.info("run %s stopped at a step boundary after %.2fs; it resumes on the next start", run.id, elapsed)
         else:
             log.info("run %s %s in %.2fs", run.id, self.status, elapsed)
 
-    async def _load_history(self) -> bool:
-        """Load the history this execution starts from; True if it is a retry's rewind."""
-        run, journal = self.run, self._journal
-        if run.retry_of is not None and not self._resume:
-            checkpoint = (
-                await self._store.get_checkpoint(run.base_checkpoint_id) if run.base_checkpoint_id is not None else None
-            )
-            self._base_history = _load(checkpoint)
-            # The rewind is durable no later than the snapshot that announces it.
-            journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(self._base_history), time.time()))
-            journal.update_run(run.id, status="running", started_at=time.time())
-            return True
-        checkpoint = await self._store.latest_checkpoint(run.thread_id)
-        self._base_history = _load(checkpoint)
-        if self._resume is None:
-            journal.update_run(
-                run.id,
-                status="running",
-                started_at=time.time(),
-                base_checkpoint_id=checkpoint.id if checkpoint else None,
-            )
-        return False
+    async def _prepare(self) -> tuple[str | None, bool]:
+        """Load the history this execution starts from.
 
-    async def _agent_events(self) -> AsyncIterator[Any]:
+        Returns the user prompt to send (None when continuing a run) and whether clients need a
+        MESSAGES_SNAPSHOT of that history first (a retry's rewind, or a recovery after a crash).
+        """
+        run, journal = self.run, self._journal
+        latest = await self._store.latest_checkpoint(run.thread_id)
+        if self._mode == "resume":
+            self._base_history = _load(latest)
+            self._resume = deferred_results(run.decisions or {})
+            return None, False
+        if self._mode == "recover":
+            self._tool_marks = {m.tool_call_id: m for m in await self._store.tool_marks(run.id)}
+            journal.update_run(run.id, recoveries=run.recoveries + 1)
+            if latest is not None and latest.run_id == run.id and latest.kind in ("step", "pause"):
+                # The run got as far as a checkpoint: continue from it, with the tool batch that was in
+                # flight (its calls go through _tool_execute, which knows which of them already ran).
+                self._base_history = _load(latest)
+                if latest.kind == "pause":
+                    self._resume = deferred_results(run.decisions or {})
+                elif run.inflight_response is not None:
+                    self._base_history += _unanswered(self._base_history, run.inflight_response)
+                return None, True
+            # It died before its first model request: start it again from where it started.
+            base = await self._store.get_checkpoint(run.base_checkpoint_id) if run.base_checkpoint_id else None
+            self._base_history = _load(base)
+            return run.input, True
+        if run.retry_of is not None:
+            base = await self._store.get_checkpoint(run.base_checkpoint_id) if run.base_checkpoint_id else None
+            self._base_history = _load(base)
+            # The rewind is durable no later than the snapshot that announces it.
+            self._checkpoint(self._base_history, "start")
+            journal.update_run(run.id, status="running", started_at=time.time())
+            return run.input, True
+        self._base_history = _load(latest)
+        journal.update_run(
+            run.id, status="running", started_at=time.time(), base_checkpoint_id=latest.id if latest else None
+        )
+        return run.input, False
+
+    def _capabilities(self) -> list[Hooks[Any]]:
+        """The hooks that make a run durable: a checkpoint before every model request, and tool marks."""
+        hooks: Hooks[Any] = Hooks()
+
+        @hooks.on.before_model_request
+        async def checkpoint(ctx: RunContext[Any], request_context: Any) -> Any:
+            # Here the history holds every return of the last tool batch (and any steering just
+            # applied), and no response without its returns: exactly what recovery can resume from.
+            if self._checkpoints:
+                self._checkpoint(list(ctx.messages), "step")
+                self._flush_applied_steers()
+                self._journal.update_run(self.run.id, inflight_response=None)
+                await self._journal.commit()
+                crash_point("batch_checkpointed")
+            if self._stopping:
+                raise ServerStopping
+            return request_context
+
+        hooks.on.tool_execute(self._tool_execute)
+        return [hooks]
+
+    async def _tool_execute(
+        self, ctx: RunContext[Any], *, call: ToolCallPart, tool_def: Any, args: Any, handler: Any
+    ) -> Any:
+        """Run a tool at most once (or, if it is declared idempotent, at least once) across crashes."""
+        run, journal = self.run, self._journal
+        mark = self._tool_marks.get(call.tool_call_id)
+        if mark is not None and mark.finished_at is not None:
+            return json.loads(mark.result or "null")  # it finished before the crash: reuse its result
+        idempotent = bool((tool_def.metadata or {}).get("idempotent"))
+        if mark is not None and not idempotent:
+            log.warning(
+                "run %s: %s (%s) was in flight at a crash; not running it again",
+                run.id,
+                call.tool_name,
+                call.tool_call_id,
+            )
+            self._mark_tool(call, finished=True, result=UNKNOWN_OUTCOME)
+            return UNKNOWN_OUTCOME
+        self._mark_tool(call, finished=False)
+        await journal.commit()  # durable before the tool acts (invariant 4)
+        crash_point("approval_resumed" if self._mode == "resume" else "tools_started")
+        result = await handler(args)
+        self._mark_tool(call, finished=True, result=result)
+        return result
+
+    def _mark_tool(self, call: ToolCallPart, *, finished: bool, result: Any = None) -> None:
+        now = time.time()
+        mark = ToolMark(
+            self.run.id,
+            call.tool_call_id,
+            call.tool_name,
+            now,
+            finished_at=now if finished else None,
+            result=to_json(result, fallback=str).decode() if finished else None,
+        )
+        self._journal.tool_mark(mark)
+
+    def _checkpoint(self, history: list[ModelMessage], kind: CheckpointKind) -> None:
+        run = self.run
+        self._journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time(), kind=kind))
+
+    def _flush_applied_steers(self) -> None:
+        """Mark applied steering messages as such, after the checkpoint that holds them."""
+        for item_id in self._steers_applied:
+            self._journal.inbox_applied(item_id)
+        self._steers_applied = []
+
+    async def _agent_events(self, prompt: str | None) -> AsyncIterator[Any]:
         """pydantic-ai's event stream for this run, ending with its AgentRunResultEvent.
 
         Calls of tools the user chose to always allow in this thread are approved on the spot:
         the run continues in a new agent iteration instead of pausing.
         """
-        prompt: str | None = None if self._resume else self.run.input
         deferred = self._resume
         history = self._base_history
         while True:
             async with self._agent.iter(
-                prompt, message_history=history, deferred_tool_results=deferred, model=self._model
+                prompt,
+                message_history=history,
+                deferred_tool_results=deferred,
+                model=self._model,
+                capabilities=self._capabilities(),
             ) as agent_run:
                 self._agent_run = agent_run
                 for item in self._steers_waiting:
@@ -166,6 +294,9 @@ class RunExecution:
                 if self._cancel_reason is not None:
                     agent_run.cancel()
                 async for node in agent_run:
+                    if Agent.is_call_tools_node(node) and _has_tool_calls(node.model_response):
+                        # Recorded so that recovery can answer the calls of a batch cut off by a crash.
+                        self._journal.update_run(self.run.id, inflight_response=_dump([node.model_response]))
                     if Agent.is_model_request_node(node) or Agent.is_call_tools_node(node):
                         async with node.stream(agent_run.ctx) as node_events:
                             async for event in node_events:
@@ -201,17 +332,15 @@ class RunExecution:
         self._pause = (pending, allowed)
         yield custom(
             APPROVAL_REQUESTED,
-            {
-                "runId": self.run.id,
-                "calls": [_pending_json(c) for c in pending if c.tool_call_id not in allowed],
-            },
+            {"runId": self.run.id, "calls": [_pending_json(c) for c in pending if c.tool_call_id not in allowed]},
         )
 
     def _steer_applied(self, event: EnqueuedMessagesEvent) -> dict[str, Any] | None:
         item = self._steers_sent.pop(event.enqueue_id, None)
         if item is None:
             return None
-        self._journal.inbox_applied(item.id)
+        self._steers_applied.append(item.id)
+        crash_point("steer_applied")
         return {"steerId": item.id, "runId": self.run.id, "input": item.input}
 
     def _history_after_failure(self, exc: Exception) -> list[ModelMessage]:
@@ -252,7 +381,10 @@ class RunExecution:
         else:
             self.status, error = "completed", None
         if self._final_history is not None:
-            journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(self._final_history), time.time()))
+            self._checkpoint(self._final_history, "pause" if self.status == "awaiting_approval" else "end")
+        self._flush_applied_steers()
+        if self.status == "awaiting_approval":
+            crash_point("approval_requested")
         run.error = error
         if self.status == "awaiting_approval":
             journal.update_run(run.id, status=self.status, **fields)
@@ -308,7 +440,7 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
     if returns:
         history = [*history, ModelRequest(parts=returns)]
     await journal.open_thread(run.thread_id)
-    journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time()))
+    journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time(), kind="end"))
     for event in (
         RunStartedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
         messages_snapshot(history),
@@ -338,6 +470,23 @@ def deferred_results(decisions: dict[str, Decision]) -> DeferredToolResults:
 
 def _pending_json(call: PendingCall) -> dict[str, Any]:
     return {"toolCallId": call.tool_call_id, "toolName": call.tool_name, "args": call.args}
+
+
+_VERBS = {"start": "started", "resume": "resumed after approval", "recover": "recovered"}
+
+
+def _unanswered(history: list[ModelMessage], inflight: bytes) -> list[ModelMessage]:
+    """The in-flight response, if the checkpoint does not already hold the returns of its calls."""
+    answered = {
+        part.tool_call_id
+        for message in history
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart)
+    }
+    responses = ModelMessagesTypeAdapter.validate_json(inflight)
+    calls = [p for r in responses if isinstance(r, ModelResponse) for p in r.parts if isinstance(p, ToolCallPart)]
+    return responses if calls and not any(c.tool_call_id in answered for c in calls) else []
 
 
 def _has_tool_calls(message: ModelMessage) -> bool:

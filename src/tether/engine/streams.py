@@ -33,6 +33,7 @@ class Follower:
         after: int,
         buffer: int,
         keepalive: float,
+        closing: asyncio.Event,
         keep: Callable[[Any], bool] = lambda item: True,
         ends: Callable[[Any], bool] = lambda item: False,
     ) -> None:
@@ -44,6 +45,8 @@ class Follower:
         self.buffer = buffer
         self._keepalive = keepalive
         self.last_seq = after
+        self.closing = closing
+        """Set when the server shuts down: the response ends, telling the client to reconnect."""
         self.cut_off = asyncio.Event()
         """Set when the client fell too far behind the live tail; the response must close."""
         self._live = False

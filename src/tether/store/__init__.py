@@ -65,6 +65,22 @@ class Run:
     base_checkpoint_id: int | None = None
     """The checkpoint the run started from: what retry rewinds to."""
     retry_of: str | None = None
+    inflight_response: bytes | None = None
+    """The model response (pydantic-ai JSON) whose tool calls are executing, for crash recovery."""
+    recoveries: int = 0
+
+
+@dataclass
+class ToolMark:
+    """A durable record of one tool call: started before it runs, finished with its result."""
+
+    run_id: str
+    tool_call_id: str
+    tool_name: str
+    started_at: float
+    finished_at: float | None = None
+    result: str | None = None
+    """The tool's return value as JSON, once finished."""
 
 
 @dataclass
@@ -87,6 +103,12 @@ class Checkpoint:
     messages: bytes
     created_at: float
     id: int | None = None
+    kind: CheckpointKind = "step"
+
+
+CheckpointKind = Literal["start", "step", "pause", "end"]
+"""start: a retry's rewind; step: before a model request (after a tool batch or a steer);
+pause: waiting for approval; end: the run ended."""
 
 
 @dataclass
@@ -98,9 +120,12 @@ class WriteBatch:
     run_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
     inbox_applied: list[tuple[str, float]] = field(default_factory=list)
+    tool_marks: list[ToolMark] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.feed or self.run_updates or self.checkpoints or self.inbox_applied)
+        return bool(
+            self.events or self.feed or self.run_updates or self.checkpoints or self.inbox_applied or self.tool_marks
+        )
 
 
 class Store(Protocol):
@@ -124,6 +149,7 @@ class Store(Protocol):
         ...
 
     async def add_to_inbox(self, item: InboxItem) -> None: ...
+    async def tool_marks(self, run_id: str) -> list[ToolMark]: ...
     async def inbox(self, run_id: str) -> list[InboxItem]: ...
 
     async def latest_checkpoint(self, thread_id: str) -> Checkpoint | None: ...

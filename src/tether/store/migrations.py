@@ -77,4 +77,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX inbox_by_run ON inbox (run_id, created_at);
     """,
+    # 3: crash recovery: a durable mark before and after every tool call, the model response
+    # whose tool batch is in flight, how often a run was recovered, and what each checkpoint is.
+    """
+    CREATE TABLE tool_calls (
+        run_id        TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        tool_call_id  TEXT NOT NULL,
+        tool_name     TEXT NOT NULL,
+        started_at    REAL NOT NULL,
+        finished_at   REAL,
+        result        TEXT,
+        PRIMARY KEY (run_id, tool_call_id)
+    );
+    ALTER TABLE runs ADD COLUMN inflight_response BLOB;
+    ALTER TABLE runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE checkpoints ADD COLUMN kind TEXT NOT NULL DEFAULT 'step';
+    """,
 ]

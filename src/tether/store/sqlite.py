@@ -21,12 +21,12 @@ from typing import Any
 import aiosqlite
 
 from tether.events import Event, FeedItem
-from tether.store import Checkpoint, Decision, InboxItem, PendingCall, Run, RunStatus, Thread, WriteBatch
+from tether.store import Checkpoint, Decision, InboxItem, PendingCall, Run, RunStatus, Thread, ToolMark, WriteBatch
 from tether.store.migrations import MIGRATIONS
 
 _RUN_COLUMNS = (
     "id, thread_id, status, input, multitask, model, created_at, started_at, finished_at, error, "
-    "pending_approvals, decisions, base_checkpoint_id, retry_of"
+    "pending_approvals, decisions, base_checkpoint_id, retry_of, inflight_response, recoveries"
 )
 _UPDATABLE_RUN_FIELDS = {
     "status",
@@ -36,7 +36,10 @@ _UPDATABLE_RUN_FIELDS = {
     "pending_approvals",
     "decisions",
     "base_checkpoint_id",
+    "inflight_response",
+    "recoveries",
 }
+_CHECKPOINT_COLUMNS = "thread_id, run_id, messages, created_at, id, kind"
 _THREAD_COLUMNS = "id, title, created_at, updated_at, metadata, allowed_tools"
 
 
@@ -148,7 +151,7 @@ class SQLiteStore:
     async def create_run(self, run: Run) -> None:
         async with self._transaction() as w:
             await w.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.id,
                     run.thread_id,
@@ -164,6 +167,8 @@ class SQLiteStore:
                     _json_decisions(run.decisions),
                     run.base_checkpoint_id,
                     run.retry_of,
+                    run.inflight_response,
+                    run.recoveries,
                 ),
             )
             await w.execute("UPDATE threads SET updated_at = ? WHERE id = ?", (run.created_at, run.thread_id))
@@ -208,20 +213,24 @@ class SQLiteStore:
         )
         return [InboxItem(*row) for row in rows]
 
+    async def tool_marks(self, run_id: str) -> list[ToolMark]:
+        rows = await self._all(
+            "SELECT run_id, tool_call_id, tool_name, started_at, finished_at, result FROM tool_calls WHERE run_id = ?",
+            (run_id,),
+        )
+        return [ToolMark(*row) for row in rows]
+
     # checkpoints
 
     async def latest_checkpoint(self, thread_id: str) -> Checkpoint | None:
         row = await self._one(
-            "SELECT thread_id, run_id, messages, created_at, id FROM checkpoints "
-            "WHERE thread_id = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE thread_id = ? ORDER BY id DESC LIMIT 1",
             (thread_id,),
         )
         return Checkpoint(*row) if row else None
 
     async def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None:
-        row = await self._one(
-            "SELECT thread_id, run_id, messages, created_at, id FROM checkpoints WHERE id = ?", (checkpoint_id,)
-        )
+        row = await self._one(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (checkpoint_id,))
         return Checkpoint(*row) if row else None
 
     # the event log and the feed
@@ -258,8 +267,8 @@ class SQLiteStore:
                 )
             for cp in batch.checkpoints:
                 await w.execute(
-                    "INSERT INTO checkpoints (thread_id, run_id, created_at, messages) VALUES (?, ?, ?, ?)",
-                    (cp.thread_id, cp.run_id, cp.created_at, cp.messages),
+                    "INSERT INTO checkpoints (thread_id, run_id, created_at, messages, kind) VALUES (?, ?, ?, ?, ?)",
+                    (cp.thread_id, cp.run_id, cp.created_at, cp.messages, cp.kind),
                 )
             for run_id, fields in batch.run_updates:
                 unknown = set(fields) - _UPDATABLE_RUN_FIELDS
@@ -267,6 +276,13 @@ class SQLiteStore:
                 assignments = ", ".join(f"{name} = ?" for name in fields)
                 values = [_encode_run_field(name, value) for name, value in fields.items()]
                 await w.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values, run_id))
+            for mark in batch.tool_marks:
+                await w.execute(
+                    "INSERT INTO tool_calls (run_id, tool_call_id, tool_name, started_at, finished_at, result) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, tool_call_id) DO UPDATE SET "
+                    "started_at = excluded.started_at, finished_at = excluded.finished_at, result = excluded.result",
+                    (mark.run_id, mark.tool_call_id, mark.tool_name, mark.started_at, mark.finished_at, mark.result),
+                )
             if batch.inbox_applied:
                 await w.executemany(
                     "UPDATE inbox SET applied_at = ? WHERE id = ?", [(ts, id_) for id_, ts in batch.inbox_applied]
@@ -284,13 +300,15 @@ def _thread(row: tuple) -> Thread:
 
 
 def _run(row: tuple) -> Run:
-    *head, pending, decisions, base_checkpoint_id, retry_of = row
+    *head, pending, decisions, base_checkpoint_id, retry_of, inflight_response, recoveries = row
     return Run(
         *head,
         pending_approvals=[PendingCall(**c) for c in json.loads(pending)] if pending else None,
         decisions={k: Decision(**v) for k, v in json.loads(decisions).items()} if decisions else None,
         base_checkpoint_id=base_checkpoint_id,
         retry_of=retry_of,
+        inflight_response=inflight_response,
+        recoveries=recoveries,
     )
 
 
