@@ -92,7 +92,9 @@ class RunExecution:
         self._stopping = False
         self._steers_waiting: list[InboxItem] = []
         self._steers_sent: dict[str, InboxItem] = {}
-        self._steers_applied: list[str] = []
+        """enqueue_id → steering message handed to pydantic-ai."""
+        self._steers_recorded: set[str] = set()
+        """Ids of steering messages whose application is recorded (after a checkpoint that holds them)."""
         self._tool_marks: dict[str, ToolMark] = {}
         self.status: RunStatus = "running"
 
@@ -147,8 +149,8 @@ class RunExecution:
                 if journal.congested:
                     await journal.commit()
             await journal.commit()
-            if stream.stopped:
-                self.status = "running"
+            if self.status == "awaiting_approval":
+                crash_point("approval_requested")
         except Exception as exc:
             log.exception("run %s crashed inside Tether", run.id)
             await self._record_crash(exc)
@@ -266,10 +268,18 @@ class RunExecution:
         self._journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time(), kind=kind))
 
     def _flush_applied_steers(self) -> None:
-        """Mark applied steering messages as such, after the checkpoint that holds them."""
-        for item_id in self._steers_applied:
-            self._journal.inbox_applied(item_id)
-        self._steers_applied = []
+        """Mark delivered steering messages applied, right after the checkpoint that holds them.
+
+        Delivered means pydantic-ai took them off its queue and into the history; the journal's order
+        makes the mark durable no earlier than that checkpoint, so a crash cannot apply one twice.
+        """
+        if self._agent_run is None:
+            return
+        queued = {pending.enqueue_id for pending in self._agent_run.pending_messages}
+        for enqueue_id, item in self._steers_sent.items():
+            if enqueue_id not in queued and item.id not in self._steers_recorded:
+                self._journal.inbox_applied(item.id)
+                self._steers_recorded.add(item.id)
 
     async def _agent_events(self, prompt: str | None) -> AsyncIterator[Any]:
         """pydantic-ai's event stream for this run, ending with its AgentRunResultEvent.
@@ -336,10 +346,9 @@ class RunExecution:
         )
 
     def _steer_applied(self, event: EnqueuedMessagesEvent) -> dict[str, Any] | None:
-        item = self._steers_sent.pop(event.enqueue_id, None)
+        item = self._steers_sent.get(event.enqueue_id)
         if item is None:
             return None
-        self._steers_applied.append(item.id)
         crash_point("steer_applied")
         return {"steerId": item.id, "runId": self.run.id, "input": item.input}
 
@@ -383,8 +392,6 @@ class RunExecution:
         if self._final_history is not None:
             self._checkpoint(self._final_history, "pause" if self.status == "awaiting_approval" else "end")
         self._flush_applied_steers()
-        if self.status == "awaiting_approval":
-            crash_point("approval_requested")
         run.error = error
         if self.status == "awaiting_approval":
             journal.update_run(run.id, status=self.status, **fields)
