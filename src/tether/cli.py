@@ -22,6 +22,7 @@ from tether.config import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_RECOVERIES,
     DEFAULT_PORT,
+    DEFAULT_REQUEST_LIMIT,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_STREAM_BUFFER,
     Settings,
@@ -129,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many times a run interrupted by a crash or restart is resumed before it fails "
         "[TETHER_MAX_RECOVERIES]",
     )
+    serve.add_argument(
+        "--request-limit",
+        type=int,
+        default=int(_env("TETHER_REQUEST_LIMIT", DEFAULT_REQUEST_LIMIT)),
+        help="model requests one run may make before it fails (a guard against runaway loops) [TETHER_REQUEST_LIMIT]",
+    )
     serve.set_defaults(handler=serve_command)
 
     for name, help_ in (("threads", "list the threads of a running server"), ("runs", "list the runs of one thread")):
@@ -171,6 +178,7 @@ def serve_command(args: argparse.Namespace) -> int:
         keepalive_seconds=args.keepalive,
         shutdown_grace=args.shutdown_grace,
         max_recoveries=args.max_recoveries,
+        request_limit=args.request_limit,
     )
     if not settings.binds_loopback_only and not settings.token:
         print(

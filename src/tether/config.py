@@ -12,6 +12,7 @@ DEFAULT_STREAM_BUFFER = 10_000
 DEFAULT_KEEPALIVE_SECONDS = 15.0
 DEFAULT_SHUTDOWN_GRACE = 10.0
 DEFAULT_MAX_RECOVERIES = 3
+DEFAULT_REQUEST_LIMIT = 50
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Settings:
     """On SIGTERM, how long runs get to reach a step boundary before they are stopped where they are."""
     max_recoveries: int = DEFAULT_MAX_RECOVERIES
     """A run found running at start-up is resumed at most this many times, then fails."""
+    request_limit: int = DEFAULT_REQUEST_LIMIT
+    """Model requests one run may make (pydantic-ai's UsageLimits), a guard against runaway loops."""
     checkpoints: bool = True
     """Checkpoint before every model request. Only benchmarks turn this off, to measure its cost."""
     commit_interval: float = 0.002

@@ -349,6 +349,7 @@ class Engine:
             allowed_tools=set(thread.allowed_tools),
             mode=mode,
             checkpoints=self.settings.checkpoints,
+            request_limit=self.settings.request_limit,
         )
         task = asyncio.create_task(runner.execute(), name=f"run-{run.id}")
         self._executions[run.id] = (runner, task)

@@ -29,6 +29,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.run import AgentRun, AgentRunResult, AgentRunResultEvent
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
+from pydantic_ai.usage import UsageLimits
 from pydantic_core import to_json
 
 from tether import events
@@ -73,6 +74,7 @@ class RunExecution:
         allowed_tools: set[str],
         mode: Literal["start", "resume", "recover"] = "start",
         checkpoints: bool = True,
+        request_limit: int | None = None,
     ) -> None:
         self.run = run
         self._agent = agent
@@ -82,6 +84,7 @@ class RunExecution:
         self._allowed_tools = allowed_tools
         self._mode = mode
         self._checkpoints = checkpoints
+        self._usage_limits = UsageLimits(request_limit=request_limit)
         self._resume: DeferredToolResults | None = None
         self._agent_run: AgentRun[Any, Any] | None = None
         self._base_history: list[ModelMessage] = []
@@ -96,6 +99,7 @@ class RunExecution:
         self._steers_recorded: set[str] = set()
         """Ids of steering messages whose application is recorded (after a checkpoint that holds them)."""
         self._tool_marks: dict[str, ToolMark] = {}
+        self._dumped: dict[int, tuple[ModelMessage, bytes]] = {}
         self.status: RunStatus = "running"
 
     # called by the engine while the run executes
@@ -265,7 +269,25 @@ class RunExecution:
 
     def _checkpoint(self, history: list[ModelMessage], kind: CheckpointKind) -> None:
         run = self.run
-        self._journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time(), kind=kind))
+        self._journal.checkpoint(Checkpoint(run.thread_id, run.id, self._dump(history), time.time(), kind=kind))
+
+    def _dump(self, history: list[ModelMessage]) -> bytes:
+        """The history as pydantic-ai JSON, serialising each settled message once.
+
+        A checkpoint before every model request would otherwise re-serialise the whole history each
+        step (quadratic in the run's length). Only the last two messages (the request being built and
+        the response it answers) can still change, so they are always serialised afresh.
+        """
+        pieces = []
+        settled = len(history) - 2
+        for index, message in enumerate(history):
+            cached = self._dumped.get(id(message))
+            if index >= settled or cached is None or cached[0] is not message:
+                cached = (message, ModelMessagesTypeAdapter.dump_json([message])[1:-1])
+                if index < settled:
+                    self._dumped[id(message)] = cached
+            pieces.append(cached[1])
+        return b"[" + b",".join(pieces) + b"]"
 
     def _flush_applied_steers(self) -> None:
         """Mark delivered steering messages applied, right after the checkpoint that holds them.
@@ -295,6 +317,7 @@ class RunExecution:
                 message_history=history,
                 deferred_tool_results=deferred,
                 model=self._model,
+                usage_limits=self._usage_limits,
                 capabilities=self._capabilities(),
             ) as agent_run:
                 self._agent_run = agent_run
