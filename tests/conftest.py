@@ -111,10 +111,17 @@ class TetherProcess:
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> TetherProcess:
+    def spawn(self) -> TetherProcess:
+        """Start the process without waiting for it to become healthy."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def start(self, timeout: float = 30) -> TetherProcess:
+        """Start the process and wait until /healthz answers."""
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

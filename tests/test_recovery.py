@@ -314,7 +314,7 @@ async def test_a_run_that_keeps_crashing_fails_with_the_reason(tether_process, t
         run = await client.send(thread["id"], "/steps 3 ms=50")
     assert await asyncio.to_thread(wait_dead, first) == -signal.SIGKILL
     second = tether_process("--max-recoveries", "1", data_dir=data_dir, env={"TETHER_CRASH_AT": "batch_checkpointed"})
-    second.start()
+    second.spawn()  # it dies as soon as it has resumed the run once more
     assert await asyncio.to_thread(wait_dead, second) == -signal.SIGKILL
     third = tether_process("--max-recoveries", "1", data_dir=data_dir).start()
     async with TetherClient(third.url) as client:
