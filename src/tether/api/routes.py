@@ -178,7 +178,18 @@ async def stream_feed(
     runs = await eng.active_runs_everywhere()
     snapshot = {
         "type": "snapshot",
-        "activeRuns": [{"runId": r.id, "threadId": r.thread_id, "status": r.status} for r in runs],
+        "activeRuns": [
+            {
+                "runId": r.id,
+                "threadId": r.thread_id,
+                "status": r.status,
+                "pendingApprovals": [
+                    {"toolCallId": c.tool_call_id, "toolName": c.tool_name, "args": c.args}
+                    for c in r.pending_approvals or []
+                ],
+            }
+            for r in runs
+        ],
         "timestamp": int(time.time() * 1000),
     }
     preamble = f"id: {seq}\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n".encode()

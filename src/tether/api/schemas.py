@@ -107,6 +107,7 @@ class ThreadOut(BaseModel):
     updated_at: float
     metadata: dict[str, Any]
     allowed_tools: list[str] = Field(description="Tools always allowed in this thread (no approval asked).")
+    last_run_status: RunStatus | None = Field(description="The status of the thread's latest run, if any.")
 
     @classmethod
     def of(cls, thread: Thread) -> ThreadOut:

@@ -27,6 +27,8 @@ class Thread:
     metadata: dict[str, Any] = field(default_factory=dict)
     allowed_tools: list[str] = field(default_factory=list)
     """Tools a user chose to "always allow" in this thread: their calls need no approval."""
+    last_run_status: RunStatus | None = None
+    """The status of the thread's latest run (None before its first), for thread lists."""
 
 
 @dataclass

@@ -40,7 +40,10 @@ _UPDATABLE_RUN_FIELDS = {
     "recoveries",
 }
 _CHECKPOINT_COLUMNS = "thread_id, run_id, messages, created_at, id, kind"
-_THREAD_COLUMNS = "id, title, created_at, updated_at, metadata, allowed_tools"
+_THREAD_COLUMNS = (
+    "id, title, created_at, updated_at, metadata, allowed_tools, "
+    "(SELECT status FROM runs WHERE runs.thread_id = threads.id ORDER BY created_at DESC, rowid DESC LIMIT 1)"
+)
 
 
 class SQLiteStore:
@@ -295,8 +298,8 @@ class SQLiteStore:
 
 
 def _thread(row: tuple) -> Thread:
-    id_, title, created_at, updated_at, metadata, allowed_tools = row
-    return Thread(id_, title, created_at, updated_at, json.loads(metadata), json.loads(allowed_tools))
+    id_, title, created_at, updated_at, metadata, allowed_tools, last_run_status = row
+    return Thread(id_, title, created_at, updated_at, json.loads(metadata), json.loads(allowed_tools), last_run_status)
 
 
 def _run(row: tuple) -> Run:
