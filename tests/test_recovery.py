@@ -323,3 +323,24 @@ async def test_a_run_that_keeps_crashing_fails_with_the_reason(tether_process, t
     assert failed["status"] == "failed"
     assert "max-recoveries" in failed["error"]
     assert events[-1]["type"] == "RUN_ERROR" and events[-1]["code"] == "too_many_recoveries"
+
+
+async def test_shutdown_ends_streams_with_a_reconnect_comment(tether_process):
+    server = tether_process("--shutdown-grace", "2").start()
+    async with TetherClient(server.url) as client, httpx.AsyncClient(timeout=30) as http:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/stream 100000 ms=1")
+        lines: list[str] = []
+        async with http.stream("GET", f"{server.url}/v1/threads/{thread['id']}/stream") as response:
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if len(lines) == 40:
+                    server.proc.send_signal(signal.SIGTERM)
+        assert ": server shutting down; reconnect with Last-Event-ID" in lines
+    assert await asyncio.to_thread(wait_dead, server) == 0
+    # In a long text stream there is no step boundary: the run was stopped where it was, and resumes.
+    restarted = tether_process(data_dir=server.data_dir).start()
+    async with TetherClient(restarted.url) as client:
+        status = (await client.get_run(run["run_id"]))["status"]
+        assert status in ("running", "completed")
+        await client.cancel(run["run_id"])
