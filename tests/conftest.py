@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -52,7 +53,9 @@ class ServerThread:
                 timeout_graceful_shutdown=1,
             )
         )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.engine = self._server.config.app.state.engine
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._server.serve(),), daemon=True)
 
     def start(self) -> ServerThread:
         self._thread.start()
@@ -66,6 +69,10 @@ class ServerThread:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=20)
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the server's event loop (for tests that reach inside, e.g. into SQLite)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=20)
 
 
 @pytest.fixture

@@ -152,3 +152,30 @@ async def test_feed_shows_runs_start_and_finish(server):
     assert seen[0]["type"] == "snapshot"
     statuses = [s.get("status") for s in seen if s.get("threadId") == thread["id"]]
     assert statuses[-3:] == ["queued", "running", "completed"]
+
+
+async def test_a_failed_write_fails_the_run_loudly(server):
+    """A real SQLite failure (the database is full), not a mock: the run ends failed with the reason."""
+    writer = server.engine.store._writer
+
+    async def set_max_pages(extra: int) -> None:
+        pages = (await writer.execute_fetchall("PRAGMA page_count"))[0][0]
+        await writer.execute(f"PRAGMA max_page_count = {pages + extra}")
+
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        server.call(set_max_pages(2))
+        run = await client.send(thread["id"], "/stream 20000")
+        await asyncio.sleep(0.5)  # the run fills the database and its writes fail
+        server.call(set_max_pages(1_000_000))
+        failed = await wait_for_status(client, run["run_id"], {"failed", "completed"})
+        assert failed["status"] == "failed"
+        assert "full" in failed["error"]
+        events = [e.data async for e in client.stream_run(run["run_id"])]
+        assert events[-1]["type"] == "RUN_ERROR" and events[-1]["code"] == "internal_error"
+        assert [e.seq for e in [e async for e in client.stream_run(run["run_id"])]] == sorted(
+            {e.seq for e in [e async for e in client.stream_run(run["run_id"])]}
+        )
+        # The server goes on: the next run on the same thread works.
+        ok = await client.send(thread["id"], "/stream 3")
+        assert (await wait_for_status(client, ok["run_id"], {"completed", "failed"}))["status"] == "completed"

@@ -141,12 +141,20 @@ class Journal:
                 for thread_id in threads:
                     self._failures[thread_id] = exc
                     self._next_seq.pop(thread_id, None)
+                self._drop_pending(threads)
                 _resolve(waiters, JournalError(f"write failed: {exc}"))
                 continue
             finally:
                 self._writing = False
             self._publish(batch)
             _resolve(waiters, None)
+
+    def _drop_pending(self, threads: set[str]) -> None:
+        """Forget what failed threads appended after the failed batch: its sequence numbers follow
+        ones that were never written, and the runs that appended it are failing anyway."""
+        pending = self._pending
+        pending.events = [e for e in pending.events if e.thread_id not in threads]
+        pending.checkpoints = [c for c in pending.checkpoints if c.thread_id not in threads]
 
     def _publish(self, batch: WriteBatch) -> None:
         by_thread: dict[str, list[Event]] = defaultdict(list)

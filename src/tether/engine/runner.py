@@ -7,10 +7,12 @@ RUN_FINISHED with an interrupt outcome when it pauses for approval.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
 
 from ag_ui.core import BaseEvent, RunErrorEvent, RunFinishedEvent, RunStartedEvent
@@ -144,14 +146,17 @@ class RunExecution:
                 steer_applied=self._steer_applied,
                 cancel_reason=lambda: self._cancel_reason or "cancelled",
             )
-            async for event in stream.transform_stream(self._agent_events(prompt), on_complete=self._on_complete):
-                if events.is_terminal(event.type):
-                    self._finish(stream)
-                journal.event(run.thread_id, run.id, event.type, events.encode(event))
-                if event.type == "TEXT_MESSAGE_CONTENT":
-                    crash_point("text_delta")
-                if journal.congested:
-                    await journal.commit()
+            agui_events = stream.transform_stream(self._agent_events(prompt), on_complete=self._on_complete)
+            # aclosing: if recording fails, the agent run is closed here, in this task, not by the GC.
+            async with aclosing(agui_events):
+                async for event in agui_events:
+                    if events.is_terminal(event.type):
+                        self._finish(stream)
+                    journal.event(run.thread_id, run.id, event.type, events.encode(event))
+                    if event.type == "TEXT_MESSAGE_CONTENT":
+                        crash_point("text_delta")
+                    if journal.congested:
+                        await journal.commit()
             await journal.commit()
             if self.status == "awaiting_approval":
                 crash_point("approval_requested")
@@ -427,29 +432,38 @@ class RunExecution:
             notice["pendingApprovals"] = [_pending_json(c) for c in self._pause[0]]
         journal.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, **notice))
 
-    async def _record_crash(self, exc: Exception) -> None:
-        """A failure in Tether's own code (or a failed write): end the run as failed, loudly."""
+    async def _record_crash(self, exc: Exception, attempts: int = 6) -> None:
+        """A failure in Tether's own code or a failed write: end the run as failed, loudly.
+
+        Recording the failure is a write too; if the store is failing (a full disk), it is retried
+        with backoff. If it never succeeds, the run stays `running` and is resumed at the next start.
+        """
         run, journal = self.run, self._journal
         self.status = "failed"
         run.error = f"internal error: {type(exc).__name__}: {exc}"
-        journal.forget_thread(run.thread_id)
-        try:
-            await journal.open_thread(run.thread_id)
-            journal.update_run(run.id, status="failed", finished_at=time.time(), error=run.error)
-            journal.feed(
-                run.thread_id,
-                run.id,
-                feed_notice("run.status", run.thread_id, run.id, status="failed", error=run.error),
-            )
-            journal.event(
-                run.thread_id,
-                run.id,
-                events.RUN_ERROR,
-                events.encode(RunErrorEvent(message=run.error, code="internal_error", timestamp=now_ms())),
-            )
-            await journal.commit()
-        except Exception:
-            log.exception("could not record the failure of run %s", run.id)
+        for attempt in range(attempts):
+            journal.forget_thread(run.thread_id)
+            try:
+                await journal.open_thread(run.thread_id)
+                journal.update_run(run.id, status="failed", finished_at=time.time(), error=run.error)
+                journal.feed(
+                    run.thread_id,
+                    run.id,
+                    feed_notice("run.status", run.thread_id, run.id, status="failed", error=run.error),
+                )
+                journal.event(
+                    run.thread_id,
+                    run.id,
+                    events.RUN_ERROR,
+                    events.encode(RunErrorEvent(message=run.error, code="internal_error", timestamp=now_ms())),
+                )
+                await journal.commit()
+                return
+            except Exception:
+                log.exception("could not record the failure of run %s (attempt %d)", run.id, attempt + 1)
+                await asyncio.sleep(0.2 * 2**attempt)
+        self.status = "running"
+        log.error("run %s: its failure could not be recorded; it will be resumed at the next start", run.id)
 
 
 async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: str) -> None:

@@ -92,7 +92,8 @@ class SQLiteStore:
             try:
                 yield self._w
             except BaseException:
-                await self._w.execute("ROLLBACK")
+                if self._w.in_transaction:  # SQLite has already rolled back on some errors (a full disk)
+                    await self._w.execute("ROLLBACK")
                 raise
             await self._w.execute("COMMIT")
 
