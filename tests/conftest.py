@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,23 +33,17 @@ from tether.config import Settings
 IN_CI = os.environ.get("CI") == "true"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServerThread:
     """uvicorn serving a Tether app on its own event loop, in a thread."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = replace(settings, port=free_port())
-        self.url = f"http://127.0.0.1:{self.settings.port}"
+        self.settings = settings
+        self.url = ""
         self._server = uvicorn.Server(
             uvicorn.Config(
                 create_app(self.settings),
                 host="127.0.0.1",
-                port=self.settings.port,
+                port=0,
                 log_level="warning",
                 timeout_graceful_shutdown=1,
             )
@@ -64,6 +59,9 @@ class ServerThread:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("test server did not start")
             time.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.settings = replace(self.settings, port=port)
+        self.url = f"http://127.0.0.1:{port}"
         return self
 
     def stop(self) -> None:
@@ -97,26 +95,23 @@ def server(start_server) -> ServerThread:
 
 
 class TetherProcess:
-    """`python -m tether serve` in a subprocess, on a free port and its own data dir."""
+    """`python -m tether serve` in a subprocess, with its own data dir.
+
+    It binds port 0 (unless the args say otherwise) and the test reads the real port from the
+    "Tether is ready: URL" line: a port picked in advance could be taken by a parallel test's server.
+    """
+
+    _count = itertools.count()
 
     def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [
-            sys.executable,
-            "-m",
-            "tether",
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(data_dir),
-            *extra_args,
-        ]
+        port_args = [] if "--port" in extra_args else ["--port", "0"]
+        self.args = [sys.executable, "-m", "tether", "serve", *port_args, "--data-dir", str(data_dir), *extra_args]
         self.env = {**os.environ, **(env or {})}
-        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self.log_path = data_dir.parent / f"server-{os.getpid()}-{next(self._count)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.port = 0
 
     def spawn(self) -> TetherProcess:
         """Start the process without waiting for it to become healthy."""
@@ -133,11 +128,11 @@ class TetherProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tether exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+            ready = re.search(r"Tether is ready: (http://[\d.]+:(\d+))/", self.log())
+            if ready:
+                self.url, self.port = ready[1], int(ready[2])
+                if httpx.get(self.url + "/healthz", timeout=5).status_code == 200:
                     return self
-            except httpx.HTTPError:
-                pass
             time.sleep(0.05)
         raise RuntimeError(f"tether did not become healthy:\n{self.log()}")
 
