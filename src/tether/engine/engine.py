@@ -108,10 +108,7 @@ class Engine:
         self.journal.event(
             run.thread_id, run.id, events.RUN_ERROR, events.encode(_run_error(reason, "too_many_recoveries"))
         )
-        self.journal.update_run(run.id, status="failed", finished_at=time.time(), error=reason)
-        self.journal.feed(
-            run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="failed", error=reason)
-        )
+        self.journal.run_status(run, "failed", error=reason)
         await self.journal.commit()
         log.warning("run %s failed: %s", run.id, reason)
 
@@ -331,10 +328,7 @@ class Engine:
         if run.status == "awaiting_approval":
             await cancel_paused_run(run, self.journal, self.store, reason)
             return
-        self.journal.update_run(run.id, status="cancelled", finished_at=time.time(), error=reason)
-        self.journal.feed(
-            run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="cancelled", error=reason)
-        )
+        self.journal.run_status(run, "cancelled", error=reason)
         await self.journal.commit()
 
     async def _launch(self, run: Run, mode: Literal["start", "resume", "recover"] = "start") -> None:

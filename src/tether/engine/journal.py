@@ -20,8 +20,8 @@ from collections import defaultdict
 from typing import Any
 
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
-from tether.events import Event, FeedItem
-from tether.store import Checkpoint, Store, ToolMark, WriteBatch
+from tether.events import Event, FeedItem, feed_notice
+from tether.store import TERMINAL_STATUSES, Checkpoint, Run, RunStatus, Store, ToolMark, WriteBatch
 
 log = logging.getLogger("tether.journal")
 
@@ -89,6 +89,25 @@ class Journal:
     def update_run(self, run_id: str, **fields: Any) -> None:
         self._pending.run_updates.append((run_id, fields))
         self._wake()
+
+    def run_status(
+        self,
+        run: Run,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        notice: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        """A run's new status with any other fields, and the feed notice that announces it.
+
+        A terminal status also records `finished_at` and `error`, and clears what only an active run has.
+        """
+        if status in TERMINAL_STATUSES:
+            fields.update(finished_at=time.time(), error=error, pending_approvals=None, inflight_response=None)
+        self.update_run(run.id, status=status, **fields)
+        body = {"status": status, **({"error": error} if error else {}), **(notice or {})}
+        self.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, **body))
 
     def inbox_applied(self, item_id: str) -> None:
         self._pending.inbox_applied.append((item_id, time.time()))

@@ -45,7 +45,6 @@ from tether.engine.agui import (
     now_ms,
 )
 from tether.engine.journal import Journal
-from tether.events import feed_notice
 from tether.faults import crash_point
 from tether.store import Checkpoint, CheckpointKind, Decision, InboxItem, PendingCall, Run, RunStatus, Store, ToolMark
 
@@ -133,7 +132,6 @@ class RunExecution:
         started = time.monotonic()
         try:
             prompt, snapshot = await self._prepare()
-            journal.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="running"))
             log.info("run %s %s on thread %s", run.id, _VERBS[self._mode], run.thread_id)
             crash_point("run_started")
             self._steers_waiting += [i for i in await self._store.inbox(run.id) if i.applied_at is None]
@@ -184,10 +182,11 @@ class RunExecution:
         if self._mode == "resume":
             self._base_history = _load(latest)
             self._resume = deferred_results(run.decisions or {})
+            journal.run_status(run, "running")
             return None, False
         if self._mode == "recover":
             self._tool_marks = {m.tool_call_id: m for m in await self._store.tool_marks(run.id)}
-            journal.update_run(run.id, recoveries=run.recoveries + 1)
+            journal.run_status(run, "running", recoveries=run.recoveries + 1)
             if latest is not None and latest.run_id == run.id and latest.kind in ("step", "pause"):
                 # The run got as far as a checkpoint: continue from it, with the tool batch that was in
                 # flight (its calls go through _tool_execute, which knows which of them already ran).
@@ -206,12 +205,10 @@ class RunExecution:
             self._base_history = _load(base)
             # The rewind is durable no later than the snapshot that announces it.
             self._checkpoint(self._base_history, "start")
-            journal.update_run(run.id, status="running", started_at=time.time())
+            journal.run_status(run, "running", started_at=time.time())
             return run.input, True
         self._base_history = _load(latest)
-        journal.update_run(
-            run.id, status="running", started_at=time.time(), base_checkpoint_id=latest.id if latest else None
-        )
+        journal.run_status(run, "running", started_at=time.time(), base_checkpoint_id=latest.id if latest else None)
         return run.input, False
 
     def _capabilities(self) -> list[Hooks[Any]]:
@@ -421,16 +418,8 @@ class RunExecution:
             self._checkpoint(self._final_history, "pause" if self.status == "awaiting_approval" else "end")
         self._flush_applied_steers()
         run.error = error
-        if self.status == "awaiting_approval":
-            journal.update_run(run.id, status=self.status, **fields)
-        else:
-            journal.update_run(run.id, status=self.status, finished_at=time.time(), error=error, pending_approvals=None)
-        notice: dict[str, Any] = {"status": self.status}
-        if error:
-            notice["error"] = error
-        if self._pause is not None and self.status == "awaiting_approval":
-            notice["pendingApprovals"] = [_pending_json(c) for c in self._pause[0]]
-        journal.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, **notice))
+        notice = {"pendingApprovals": [_pending_json(c) for c in self._pause[0]]} if fields else None
+        journal.run_status(run, self.status, error=error, notice=notice, **fields)
 
     async def _record_crash(self, exc: Exception, attempts: int = 6) -> None:
         """A failure in Tether's own code or a failed write: end the run as failed, loudly.
@@ -445,12 +434,7 @@ class RunExecution:
             journal.forget_thread(run.thread_id)
             try:
                 await journal.open_thread(run.thread_id)
-                journal.update_run(run.id, status="failed", finished_at=time.time(), error=run.error)
-                journal.feed(
-                    run.thread_id,
-                    run.id,
-                    feed_notice("run.status", run.thread_id, run.id, status="failed", error=run.error),
-                )
+                journal.run_status(run, "failed", error=run.error)
                 journal.event(
                     run.thread_id,
                     run.id,
@@ -492,10 +476,7 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
         RunFinishedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
     ):
         journal.event(run.thread_id, run.id, event.type, events.encode(event))
-    journal.update_run(run.id, status="cancelled", finished_at=time.time(), error=reason, pending_approvals=None)
-    journal.feed(
-        run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, status="cancelled", error=reason)
-    )
+    journal.run_status(run, "cancelled", error=reason)
     await journal.commit()
 
 
