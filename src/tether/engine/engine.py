@@ -347,10 +347,12 @@ class Engine:
         )
         task = asyncio.create_task(runner.execute(), name=f"run-{run.id}")
         self._executions[run.id] = (runner, task)
-        task.add_done_callback(lambda _: self._run_done(run))
+        task.add_done_callback(lambda done: self._run_done(run, done))
 
-    def _run_done(self, run: Run) -> None:
-        self._executions.pop(run.id, None)
+    def _run_done(self, run: Run, task: asyncio.Task[None]) -> None:
+        # A paused run may already be resuming in a new execution: forget only this one.
+        if run.id in self._executions and self._executions[run.id][1] is task:
+            del self._executions[run.id]
         if self._accepting:
             follow_up = asyncio.create_task(self._start_next(run.thread_id, run), name=f"next-{run.thread_id}")
             self._followups.add(follow_up)
