@@ -179,3 +179,24 @@ async def test_a_failed_write_fails_the_run_loudly(server):
         # The server goes on: the next run on the same thread works.
         ok = await client.send(thread["id"], "/stream 3")
         assert (await wait_for_status(client, ok["run_id"], {"completed", "failed"}))["status"] == "completed"
+
+
+async def test_deleting_a_thread_ends_its_streams(start_server):
+    server = start_server(keepalive_seconds=0.2)
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/stream 3")
+        await wait_for_status(client, run["run_id"], {"completed"})
+
+        async def follow() -> list[str]:
+            async with http.stream("GET", f"/v1/threads/{thread['id']}/stream") as response:
+                return [line async for line in response.aiter_lines()]
+
+        following = asyncio.create_task(follow())
+        await asyncio.sleep(0.3)
+        await client.delete_thread(thread["id"])
+        lines = await asyncio.wait_for(following, 5)
+        assert any('"RUN_FINISHED"' in line for line in lines)
+        with pytest.raises(TetherError) as gone:
+            await client.get_thread(thread["id"])
+        assert gone.value.status == 404

@@ -394,6 +394,7 @@ class Engine:
             bus=self.bus,
             channel=thread_channel(thread_id),
             read=lambda after_, limit: self.store.read_events(thread_id, after_, limit),
+            gone=lambda: self._is_gone(thread_id),
             after=after,
             buffer=self.settings.stream_buffer,
             keepalive=self.settings.keepalive_seconds,
@@ -412,6 +413,7 @@ class Engine:
             keepalive=self.settings.keepalive_seconds,
             closing=self.closing,
             keep=lambda event: event.run_id == run_id,
+            gone=lambda: self._is_gone(run.thread_id),
             ends=lambda event: event.run_id == run_id and _ends_run(event),
         )
 
@@ -429,6 +431,9 @@ class Engine:
 
     async def last_feed_seq(self) -> int:
         return await self.store.last_feed_seq()
+
+    async def _is_gone(self, thread_id: str) -> bool:
+        return await self.store.get_thread(thread_id) is None
 
     @staticmethod
     async def _check_after(after: int, last: int) -> None:

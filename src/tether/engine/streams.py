@@ -36,12 +36,15 @@ class Follower:
         closing: asyncio.Event,
         keep: Callable[[Any], bool] = lambda item: True,
         ends: Callable[[Any], bool] = lambda item: False,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._bus = bus
         self._channel = channel
         self._read = read
         self._keep = keep
         self._ends = ends
+        self._gone = gone
+        """Checked when idle: has what we follow been deleted? Then the stream ends."""
         self.buffer = buffer
         self._keepalive = keepalive
         self.last_seq = after
@@ -71,6 +74,8 @@ class Follower:
                         return
                     fresh = [i for i in items if i.seq > self.last_seq and self._keep(i)]
                     if not items:
+                        if self._gone is not None and await self._gone():
+                            return
                         yield []
                     elif fresh:
                         self.last_seq = fresh[-1].seq
