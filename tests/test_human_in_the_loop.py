@@ -322,3 +322,27 @@ async def test_bad_input_on_the_human_in_the_loop_endpoints(server):
         assert late.status_code == 409 and late.json()["error"]["code"] == "not_awaiting_approval"
         with pytest.raises(TetherError):
             await client.cancel(run_id)
+
+
+async def test_partial_decisions_are_kept_until_all_are_decided(start_server):
+    server = start_server(agent="tests.agents:two_approvals")
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "clean up")
+        paused = await wait_for_status(client, run["run_id"], {"awaiting_approval"})
+        assert {c["tool_call_id"] for c in paused["pending_approvals"]} == {"call_a", "call_b"}
+
+        first = await approve(server.url, run["run_id"], {"call_a": {"approved": True}})
+        assert first.status_code == 202
+        half = first.json()
+        assert half["status"] == "awaiting_approval"
+        decided = {c["tool_call_id"]: c["decision"] for c in half["pending_approvals"]}
+        assert decided["call_a"]["approved"] is True and decided["call_b"] is None
+        again = await approve(server.url, run["run_id"], {"call_a": {"approved": False}})
+        assert again.status_code == 409 and again.json()["error"]["code"] == "already_decided"
+
+        second = await approve(server.url, run["run_id"], {"call_b": {"approved": False, "reason": "keep b"}})
+        assert second.status_code == 202
+        await wait_for_status(client, run["run_id"], {"completed"})
+        stored = await assert_transcript_consistent(client, thread["id"])
+    assert stored["messages"][-1]["content"] == "call_a: deleted a.txt | call_b: keep b"

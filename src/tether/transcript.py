@@ -62,8 +62,12 @@ def fold(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def comparable(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages without their ids, with empty text dropped and tool arguments parsed."""
-    out = []
+    """Messages without their ids, with empty text dropped and tool arguments parsed.
+
+    The results of one tool batch stream in the order the calls finish but are stored in the order
+    they were made, so consecutive tool messages are compared in toolCallId order.
+    """
+    out: list[dict[str, Any]] = []
     for message in messages:
         item: dict[str, Any] = {"role": message["role"]}
         if message.get("content"):
@@ -77,6 +81,20 @@ def comparable(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             item["toolCallId"] = message["toolCallId"]
         if len(item) > 1:
             out.append(item)
+    return _sort_tool_runs(out)
+
+
+def _sort_tool_runs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    batch: list[dict[str, Any]] = []
+    for message in [*messages, {"role": "end"}]:
+        if message["role"] == "tool":
+            batch.append(message)
+            continue
+        out += sorted(batch, key=lambda m: m["toolCallId"])
+        batch = []
+        if message["role"] != "end":
+            out.append(message)
     return out
 
 
