@@ -346,3 +346,19 @@ async def test_partial_decisions_are_kept_until_all_are_decided(start_server):
         await wait_for_status(client, run["run_id"], {"completed"})
         stored = await assert_transcript_consistent(client, thread["id"])
     assert stored["messages"][-1]["content"] == "call_a: deleted a.txt | call_b: keep b"
+
+
+async def test_retry_says_again_what_steered_the_old_answer(server):
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/steps 3 ms=300")
+        async for event in client.stream_run(run["run_id"]):
+            if event.data["type"] == "TOOL_CALL_RESULT":
+                break
+        await client.steer(thread["id"], "and be brief")
+        await wait_for_status(client, run["run_id"], {"completed"})
+        retried = await client.retry(thread["id"])
+        await wait_for_status(client, retried["run_id"], {"completed"})
+        stored = await assert_transcript_consistent(client, thread["id"])
+    users = [m["content"] for m in stored["messages"] if m["role"] == "user"]
+    assert users == ["/steps 3 ms=300", "and be brief"]

@@ -344,3 +344,35 @@ async def test_shutdown_ends_streams_with_a_reconnect_comment(tether_process):
         status = (await client.get_run(run["run_id"]))["status"]
         assert status in ("running", "completed")
         await client.cancel(run["run_id"])
+
+
+async def test_a_second_server_on_the_same_data_dir_refuses_to_start(tether_process):
+    first = tether_process().start()
+    second = tether_process(data_dir=first.data_dir).spawn()
+    assert await asyncio.to_thread(wait_dead, second) == 2
+    assert "another Tether process" in second.log() and str(first.proc.pid) in second.log()
+    async with TetherClient(first.url) as client:
+        assert await client.list_threads() == []
+
+
+async def test_the_client_follows_a_run_across_a_graceful_restart(tether_process):
+    server = tether_process("--shutdown-grace", "5").start()
+    urls = [server.url]
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/steps 4 ms=400")
+
+        async def restart() -> None:
+            await asyncio.sleep(0.7)
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(wait_dead, server)
+            restarted = tether_process("--port", str(server.port), data_dir=server.data_dir)
+            await asyncio.to_thread(restarted.start)
+            urls.append(restarted.url)
+
+        restarting = asyncio.create_task(restart())
+        seen = [e async for e in client.stream_run(run["run_id"])]
+        await restarting
+    assert seen[-1].data["type"] == "RUN_FINISHED"
+    assert [e.seq for e in seen] == list(range(seen[0].seq, seen[0].seq + len(seen)))
+    assert any(e.data["type"] == "MESSAGES_SNAPSHOT" for e in seen), "the run did not resume after the restart"

@@ -200,3 +200,18 @@ async def test_deleting_a_thread_ends_its_streams(start_server):
         with pytest.raises(TetherError) as gone:
             await client.get_thread(thread["id"])
         assert gone.value.status == 404
+
+
+async def test_an_unusable_model_is_refused_at_start_up(tether_process):
+    server = tether_process("--model", "nosuchprovider:big-model").spawn()
+    assert await asyncio.to_thread(server.proc.wait, 30) == 2
+    assert "--model 'nosuchprovider:big-model' cannot be used" in server.log()
+
+
+async def test_an_unusable_model_for_one_run_is_a_400(server):
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        thread = (await http.post("/v1/threads")).json()
+        response = await http.post(
+            f"/v1/threads/{thread['id']}/runs", json={"input": "hi", "model": "nosuchprovider:big-model"}
+        )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_model"

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tether import __version__
-from tether.agents import load_agent
+from tether.agents import check_model, load_agent
 from tether.api.errors import BearerAuthMiddleware, BodyLimitMiddleware, install_error_handlers
 from tether.api.routes import health_router, router
 from tether.bus.memory import MemoryBus
@@ -21,7 +21,11 @@ def create_app(settings: Settings) -> FastAPI:
     """A Tether app; the store opens and runs resume when the app's lifespan starts."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     agent = load_agent(settings.agent, settings.data_dir)
-    engine = Engine(SQLiteStore(settings.database_path), MemoryBus(), agent, settings)
+    if settings.model is not None:
+        check_model(settings.model)
+    store = SQLiteStore(settings.database_path)
+    store.lock()  # fail now, with a clear message, if another server uses this data directory
+    engine = Engine(store, MemoryBus(), agent, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

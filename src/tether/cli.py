@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from tether.agents import AgentLoadError
     from tether.app import create_app
+    from tether.store.sqlite import DataDirInUse
 
     settings = Settings(
         data_dir=args.data_dir,
@@ -190,7 +191,7 @@ def serve_command(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     try:
         app = create_app(settings)
-    except AgentLoadError as exc:
+    except (AgentLoadError, DataDirInUse) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2
     agent_name = settings.agent or "the offline demo agent"

@@ -110,6 +110,18 @@ class TetherClient:
     async def cancel(self, run_id: str) -> dict[str, Any]:
         return await self._call("POST", f"/v1/runs/{run_id}/cancel")
 
+    async def decide(self, run_id: str, decisions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Approve or deny pending tool calls: {tool_call_id: {"approved": bool, "reason"?, "args"?, "remember"?}}."""
+        return await self._call("POST", f"/v1/runs/{run_id}/approvals", json={"decisions": decisions})
+
+    async def steer(self, thread_id: str, text: str) -> dict[str, Any]:
+        """Give the running agent a message at its next step (or start a run if the thread is idle)."""
+        return await self._call("POST", f"/v1/threads/{thread_id}/steer", json={"input": text})
+
+    async def retry(self, thread_id: str) -> dict[str, Any]:
+        """Re-answer the thread's last user message from the state before it."""
+        return await self._call("POST", f"/v1/threads/{thread_id}/retry")
+
     def stream_thread(self, thread_id: str, after: int = 0) -> AsyncIterator[StreamEvent]:
         """The thread's events after `after`, forever (run after run), resuming on disconnect."""
         return self._follow(f"/v1/threads/{thread_id}/stream", after)
@@ -119,6 +131,11 @@ class TetherClient:
         return self._follow(f"/v1/runs/{run_id}/stream", after)
 
     async def _follow(self, path: str, after: int, retry_delay: float = 0.2) -> AsyncIterator[StreamEvent]:
+        """Follow a stream across disconnects and server restarts, until the run's terminal event.
+
+        Only a run stream ends: at RUN_ERROR, or RUN_FINISHED that is not a pause for approval. Any
+        other end of the connection (a network error, a server shutting down) means "reconnect".
+        """
         last = after
         while True:
             try:
@@ -132,7 +149,17 @@ class TetherClient:
                         if event_id is None:
                             continue
                         last = int(event_id)
-                        yield StreamEvent(last, json.loads(data), data)
-                return  # the server ended the stream on purpose (the run's terminal event)
+                        event = StreamEvent(last, json.loads(data), data)
+                        yield event
+                        if path.startswith("/v1/runs/") and ends_run(event.data):
+                            return
             except (httpx.TransportError, httpx.RemoteProtocolError):
-                await asyncio.sleep(retry_delay)
+                pass
+            await asyncio.sleep(retry_delay)
+
+
+def ends_run(event: dict[str, Any]) -> bool:
+    """Whether an event ends its run: RUN_ERROR, or RUN_FINISHED that is not a pause for approval."""
+    if event.get("type") == "RUN_ERROR":
+        return True
+    return event.get("type") == "RUN_FINISHED" and event.get("outcome", {}).get("type") != "interrupt"

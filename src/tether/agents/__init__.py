@@ -38,3 +38,14 @@ def load_agent(spec: str | None, data_dir: Path) -> Agent[Any, Any]:
     if not isinstance(target, Agent):
         raise AgentLoadError(f"{spec} is a {type(target).__name__}, not a pydantic_ai.Agent")
     return target
+
+
+def check_model(model: str) -> None:
+    """Fail at start-up, not at the first run, if a model string cannot be used (unknown provider,
+    its package not installed, no API key)."""
+    from pydantic_ai.models import infer_model
+
+    try:
+        infer_model(model)
+    except Exception as exc:
+        raise AgentLoadError(f"--model {model!r} cannot be used: {exc}") from exc

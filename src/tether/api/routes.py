@@ -17,7 +17,6 @@ from tether.api.schemas import (
     RunAccepted,
     RunList,
     RunOut,
-    SteerAccepted,
     SteerRequest,
     ThreadDetail,
     ThreadList,
@@ -101,15 +100,19 @@ async def delete_thread(request: Request, thread_id: str) -> Response:
 
 @router.post("/threads/{thread_id}/runs", status_code=202, response_model=RunAccepted, tags=["runs"])
 async def create_run(request: Request, thread_id: str, body: CreateRun) -> RunAccepted:
+    """Answer a message in the background. The events follow on the thread's and the run's streams."""
+    if body.multitask == "steer":
+        run, delivery = await engine(request).steer(thread_id, body.input)
+        return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status, delivery=delivery)
     run = await engine(request).start_run(thread_id, body.input, body.multitask, body.model)
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
 
 
-@router.post("/threads/{thread_id}/steer", status_code=202, response_model=SteerAccepted, tags=["runs"])
-async def steer(request: Request, thread_id: str, body: SteerRequest) -> SteerAccepted:
+@router.post("/threads/{thread_id}/steer", status_code=202, response_model=RunAccepted, tags=["runs"])
+async def steer(request: Request, thread_id: str, body: SteerRequest) -> RunAccepted:
     """Give the active run a message at its next step boundary; if the thread is idle, start a run."""
     run, delivery = await engine(request).steer(thread_id, body.input)
-    return SteerAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status, delivery=delivery)
+    return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status, delivery=delivery)
 
 
 @router.post("/threads/{thread_id}/retry", status_code=202, response_model=RunAccepted, tags=["runs"])

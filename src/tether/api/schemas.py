@@ -133,11 +133,9 @@ class RunAccepted(BaseModel):
     run_id: str
     thread_id: str
     status: RunStatus
-
-
-class SteerAccepted(RunAccepted):
-    delivery: Literal["inbox", "new_run"] = Field(
-        description="inbox: the active run gets it at its next step; new_run: the thread was idle."
+    delivery: Literal["inbox", "new_run"] | None = Field(
+        default=None,
+        description="For a steer: inbox (the active run gets it at its next step) or new_run (the thread was idle).",
     )
 
 

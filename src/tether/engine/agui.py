@@ -25,6 +25,7 @@ from ag_ui.core import (
     BaseEvent,
     CustomEvent,
     MessagesSnapshotEvent,
+    RunErrorEvent,
     TextMessageContentEvent,
     TextMessageEndEvent,
     TextMessageStartEvent,
@@ -105,6 +106,8 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
         if self.history_after_failure is not None:
             yield messages_snapshot(self.history_after_failure(error))
         async for event in super().on_error(error):
+            if isinstance(event, RunErrorEvent) and event.code is None:
+                event.code = type(error).__name__  # which kind of failure, for clients that branch on it
             yield event
 
     async def after_stream(self) -> AsyncIterator[BaseEvent]:

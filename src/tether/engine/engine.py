@@ -254,6 +254,11 @@ class Engine:
                 raise Conflict(f"thread {thread_id!r} has no user message to retry", code="nothing_to_retry")
             last = runs[-1]
             run = await self._create_run(thread_id, last.input, "reject", last.model, retry_of=last)
+            # What the user said while the old answer ran is said again, with the message it steered.
+            for item in await self.store.inbox(last.id):
+                if item.applied_at is not None:
+                    again = InboxItem(id=_new_id("stx"), run_id=run.id, input=item.input, created_at=time.time())
+                    await self.store.add_to_inbox(again)
             await self._launch(run)
             return run
 

@@ -148,6 +148,8 @@ class RunExecution:
             # aclosing: if recording fails, the agent run is closed here, in this task, not by the GC.
             async with aclosing(agui_events):
                 async for event in agui_events:
+                    if event.timestamp is None:  # pydantic-ai's error path closes parts without one
+                        event.timestamp = now_ms()
                     if events.is_terminal(event.type):
                         self._finish(stream)
                     journal.event(run.thread_id, run.id, event.type, events.encode(event))

@@ -11,12 +11,15 @@ process being killed; only an OS crash or power loss can lose the last few.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiosqlite
 
@@ -46,15 +49,48 @@ _THREAD_COLUMNS = (
 )
 
 
+MIN_SQLITE = (3, 38)  # the ->> JSON operator
+
+
+class DataDirInUse(RuntimeError):
+    """Another process holds the database: two servers on one file would corrupt each other's logs."""
+
+
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock_file: IO[str] | None = None
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
 
-    async def open(self) -> None:
+    def lock(self) -> None:
+        """Hold an exclusive lock on the database for as long as the store is open (released at exit,
+        also when the process is killed). Raises DataDirInUse if another process holds it."""
+        if self._lock_file is not None:
+            return
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            needed = ".".join(map(str, MIN_SQLITE))
+            raise RuntimeError(f"Tether needs SQLite {needed} or newer; this Python has {sqlite3.sqlite_version}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = self.path.with_name(self.path.name + ".lock").open("a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            lock_file.close()
+            raise DataDirInUse(
+                f"another Tether process (pid {holder}) is using {self.path.parent}; stop it, or give this one "
+                "its own --data-dir"
+            ) from None
+        lock_file.truncate(0)
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        self._lock_file = lock_file
+
+    async def open(self) -> None:
+        self.lock()
         self._writer = await self._connect()
         await self._migrate(self._writer)
         self._reader = await self._connect()
@@ -64,6 +100,9 @@ class SQLiteStore:
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
