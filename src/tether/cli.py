@@ -39,6 +39,7 @@ Examples:
   tether serve --model openai:gpt-4.1           any pydantic-ai model (the provider's key in the env)
   tether threads                                list the threads of a running server
   tether runs thr_123                           list the runs of one thread
+  tether chat                                   chat in the terminal (a new thread; or give its id)
 """
 
 
@@ -138,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=serve_command)
 
-    for name, help_ in (("threads", "list the threads of a running server"), ("runs", "list the runs of one thread")):
+    for name, help_ in (
+        ("threads", "list the threads of a running server"),
+        ("runs", "list the runs of one thread"),
+        ("chat", "chat with the agent of a running server, in the terminal"),
+    ):
         sub = commands.add_parser(
             name,
             help=help_,
@@ -147,12 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "runs":
             sub.add_argument("thread", help="the thread id")
+        if name == "chat":
+            sub.add_argument("thread", nargs="?", help="a thread to continue (default: a new thread)")
         sub.add_argument(
             "--url", default=_env("TETHER_URL", f"http://127.0.0.1:{DEFAULT_PORT}"), help="the server [TETHER_URL]"
         )
         sub.add_argument("--token", default=_env("TETHER_TOKEN"), help="bearer token [TETHER_TOKEN]")
-        sub.add_argument("--json", action="store_true", help="print the server's JSON as it is")
-        sub.set_defaults(handler=threads_command if name == "threads" else runs_command)
+        if name != "chat":
+            sub.add_argument("--json", action="store_true", help="print the server's JSON as it is")
+        sub.set_defaults(handler={"threads": threads_command, "runs": runs_command, "chat": chat_command}[name])
     return parser
 
 
@@ -285,6 +293,12 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    from tether.chat import chat
+
+    return asyncio.run(chat(args.url, args.token, args.thread))
 
 
 def threads_command(args: argparse.Namespace) -> int:
