@@ -37,6 +37,11 @@ def integrity(data_dir: Path) -> str:
         return db.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+def status_in_store(data_dir: Path, run_id: str) -> str:
+    with sqlite3.connect(data_dir / "tether.db") as db:
+        return db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+
+
 def checkpointed_tool_returns(data_dir: Path, run_id: str) -> set[str]:
     """Tool call ids whose results are in the run's latest checkpoint (as the store holds it now)."""
     with sqlite3.connect(data_dir / "tether.db") as db:
@@ -62,6 +67,7 @@ class Reader:
         self.run_id = run_id
         self.events: list[tuple[int, str]] = []
         self.reconnects = 0
+        self.status_at_crash = ""
 
     async def read(self) -> None:
         last = 0
@@ -135,6 +141,7 @@ async def crash_and_recover(
     assert code == -signal.SIGKILL, f"the server did not crash at {crash_at}:\n{crashing.log()[-3000:]}"
     assert integrity(crashing.data_dir) == "ok"
     checkpointed = checkpointed_tool_returns(crashing.data_dir, run["run_id"])
+    reader.status_at_crash = status_in_store(crashing.data_dir, run["run_id"])
     logged_before = Counter(e["tool_call_id"] for e in tool_log(crashing.data_dir))
 
     restarted = tether_process(data_dir=crashing.data_dir).start()
@@ -158,24 +165,25 @@ async def crash_and_recover(
 
 CRASHES = [
     ("/steps 6 ms=100", "run_started"),
-    ("/steps 6 ms=100", "batch_checkpointed@1"),
+    ("/steps 6 ms=100", "checkpoint_committed@1"),
     ("/steps 6 ms=100", "tools_started@3"),
-    ("/steps 6 ms=100", "batch_checkpointed@4"),
+    ("/steps 6 ms=100", "checkpoint_committed@4"),
     ("/steps 6 ms=100", "text_delta@3"),
     ("/tools 4 ms=100", "run_started"),
     ("/tools 4 ms=100", "tools_started@2"),
-    ("/tools 4 ms=100", "batch_checkpointed@2"),
+    ("/tools 4 ms=100", "checkpoint_committed@2"),
     ("/tools 4 ms=100", "text_delta@3"),
 ]
 
 
 @pytest.mark.parametrize(("directive", "crash_at"), CRASHES)
 async def test_run_completes_after_a_crash(tether_process, directive, crash_at):
-    restarted, _, run_id, _ = await crash_and_recover(tether_process, directive, crash_at)
+    restarted, _, run_id, reader = await crash_and_recover(tether_process, directive, crash_at)
     async with TetherClient(restarted.url) as client:
         events = [e.data async for e in client.stream_run(run_id)]
     snapshots = [e for e in events if e["type"] == "MESSAGES_SNAPSHOT"]
-    if crash_at != "run_started":  # (that crash comes before the run's start is committed: it simply starts)
+    # A run that was still queued simply starts; one that had already finished has nothing to resume.
+    if reader.status_at_crash == "running":
         assert snapshots, "the resumed run did not announce the checkpoint it resumed from"
     resumed_at = events.index(snapshots[-1]) if snapshots else 0
     reply = "".join(e["delta"] for e in events[resumed_at:] if e["type"] == "TEXT_MESSAGE_CONTENT")
@@ -307,13 +315,13 @@ async def test_sigterm_stops_at_a_step_boundary_and_the_run_resumes(tether_proce
 
 async def test_a_run_that_keeps_crashing_fails_with_the_reason(tether_process, tmp_path):
     data_dir = tmp_path / "data"
-    crash = {"TETHER_CRASH_AT": "batch_checkpointed@2"}
+    crash = {"TETHER_CRASH_AT": "checkpoint_committed@2"}
     first = tether_process("--max-recoveries", "1", data_dir=data_dir, env=crash).start()
     async with TetherClient(first.url) as client:
         thread = await client.create_thread()
         run = await client.send(thread["id"], "/steps 3 ms=50")
     assert await asyncio.to_thread(wait_dead, first) == -signal.SIGKILL
-    second = tether_process("--max-recoveries", "1", data_dir=data_dir, env={"TETHER_CRASH_AT": "batch_checkpointed"})
+    second = tether_process("--max-recoveries", "1", data_dir=data_dir, env={"TETHER_CRASH_AT": "checkpoint_committed"})
     second.spawn()  # it dies as soon as it has resumed the run once more
     assert await asyncio.to_thread(wait_dead, second) == -signal.SIGKILL
     third = tether_process("--max-recoveries", "1", data_dir=data_dir).start()

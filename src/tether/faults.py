@@ -5,7 +5,7 @@ SIGKILL the first (or N-th) time it reaches the point called `name`, exactly
 as an out-of-memory kill or a power cut would stop it: no cleanup runs.
 Unset, `crash_point` costs one dictionary lookup.
 
-Points: run_started, text_delta, tools_started, batch_checkpointed,
+Points: run_started, text_delta, tools_started, checkpoint_committed,
 approval_requested, approval_resumed, steer_applied.
 """
 

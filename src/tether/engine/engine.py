@@ -44,16 +44,18 @@ class Engine:
         self.journal = Journal(store, bus, settings.commit_interval)
         self._executions: dict[str, tuple[RunExecution, asyncio.Task[None]]] = {}
         self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._followups: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        """Background work that is not a run: recovery at start-up, starting a thread's next run."""
         self._accepting = False
         self.closing = asyncio.Event()
         """Set when the server begins to shut down: streams end with a comment telling clients to reconnect."""
 
     async def start(self) -> None:
+        """Open the store and start serving; runs left running by a dead process resume in the background."""
         await self.store.open()
         await self.journal.start()
         self._accepting = True
-        await self._recover()
+        self._track(asyncio.create_task(self._recover(), name="recover"))
 
     def begin_shutdown(self) -> None:
         """First step of a graceful stop: refuse new runs (503), stop runs at their next step boundary,
@@ -66,6 +68,9 @@ class Engine:
     async def stop(self) -> None:
         """Give runs the grace period to reach a step boundary, stop the rest, commit, close the store."""
         self.begin_shutdown()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         tasks = [task for _, task in self._executions.values()]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
@@ -78,9 +83,6 @@ class Engine:
                     self.settings.shutdown_grace,
                 )
             await asyncio.gather(*tasks, return_exceptions=True)
-        for task in list(self._followups):
-            task.cancel()
-        await asyncio.gather(*self._followups, return_exceptions=True)
         await self.journal.stop()
         await self.store.close()
 
@@ -89,12 +91,18 @@ class Engine:
 
         Runs awaiting approval need nothing: their state is in the store.
         """
-        for run in await self.store.runs_with_status(("running",)):
-            if run.recoveries >= self.settings.max_recoveries:
-                await self._fail_unrecoverable(run)
-                continue
-            log.info("run %s was running when the server stopped; resuming it", run.id)
-            await self._launch(run, mode="recover")
+        found = await self.store.runs_with_status(("running",))
+        if found:
+            log.info("%d run(s) were running when the server stopped; resuming them", len(found))
+        for run in found:
+            async with self._thread_locks[run.thread_id]:
+                current = await self.store.get_run(run.id)  # a request may have cancelled it meanwhile
+                if current is None or current.status != "running" or run.id in self._executions:
+                    continue
+                if current.recoveries >= self.settings.max_recoveries:
+                    await self._fail_unrecoverable(current)
+                else:
+                    await self._launch(current, mode="recover")
         queued_threads = {run.thread_id for run in await self.store.runs_with_status(("queued",))}
         for thread_id in queued_threads:
             await self._start_next(thread_id)
@@ -359,9 +367,17 @@ class Engine:
         if run.id in self._executions and self._executions[run.id][1] is task:
             del self._executions[run.id]
         if self._accepting:
-            follow_up = asyncio.create_task(self._start_next(run.thread_id, run), name=f"next-{run.thread_id}")
-            self._followups.add(follow_up)
-            follow_up.add_done_callback(self._followups.discard)
+            self._track(asyncio.create_task(self._start_next(run.thread_id, run), name=f"next-{run.thread_id}"))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Own a background task: stop() cancels and awaits it; its failure is logged, never lost."""
+        self._background.add(task)
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _start_next(self, thread_id: str, finished: Run | None = None) -> None:
         """Start the oldest queued run of a thread, if nothing else is active there.

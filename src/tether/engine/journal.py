@@ -21,6 +21,7 @@ from typing import Any
 
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.events import Event, FeedItem, feed_notice
+from tether.faults import crash_point
 from tether.store import TERMINAL_STATUSES, Checkpoint, Run, RunStatus, Store, ToolMark, WriteBatch
 
 log = logging.getLogger("tether.journal")
@@ -165,6 +166,8 @@ class Journal:
                 continue
             finally:
                 self._writing = False
+            if batch.checkpoints:
+                crash_point("checkpoint_committed")
             self._publish(batch)
             _resolve(waiters, None)
 
