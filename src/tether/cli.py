@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -43,8 +44,18 @@ Examples:
 """
 
 
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(name, default)
+def _env_option(parser: argparse.ArgumentParser) -> Callable[..., None]:
+    """Adds `--some-flag` that defaults to $TETHER_SOME_FLAG, then to `default`.
+
+    argparse converts a string default with `type`, so a bad environment value gets the same clear
+    error as a bad flag.
+    """
+
+    def option(flag: str, type_: Callable[[str], Any], default: Any, help_: str, **kwargs: Any) -> None:
+        env = "TETHER_" + flag.removeprefix("--").upper().replace("-", "_")
+        parser.add_argument(flag, type=type_, default=os.environ.get(env, default), help=f"{help_} [{env}]", **kwargs)
+
+    return option
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,79 +74,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the Tether server.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument(
-        "--host",
-        default=_env("TETHER_HOST", "127.0.0.1"),
-        help="address to bind; a non-loopback address needs --token [TETHER_HOST]",
-    )
-    serve.add_argument(
-        "--port", type=int, default=int(_env("TETHER_PORT", DEFAULT_PORT)), help="port to bind [TETHER_PORT]"
-    )
-    serve.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(_env("TETHER_DATA_DIR", ".tether")),
-        help="where the SQLite database and demo files live [TETHER_DATA_DIR]",
-    )
-    serve.add_argument(
-        "--agent",
-        default=_env("TETHER_AGENT"),
-        help="your pydantic-ai Agent as module:attribute; default: the offline demo agent [TETHER_AGENT]",
-    )
-    serve.add_argument(
-        "--model",
-        default=_env("TETHER_MODEL"),
-        help="a pydantic-ai model string used for every run, e.g. openai:gpt-4.1 [TETHER_MODEL]",
-    )
-    serve.add_argument(
-        "--token",
-        default=_env("TETHER_TOKEN"),
-        help="require 'Authorization: Bearer TOKEN' on every /v1 route [TETHER_TOKEN]",
-    )
-    serve.add_argument(
-        "--log-level",
-        default=_env("TETHER_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity [TETHER_LOG_LEVEL]",
-    )
-    serve.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=int(_env("TETHER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-        help="larger request bodies get 413 [TETHER_MAX_BODY_BYTES]",
-    )
-    serve.add_argument(
+    option = _env_option(serve)
+    option("--host", str, "127.0.0.1", "address to bind; a non-loopback address needs --token")
+    option("--port", int, DEFAULT_PORT, "port to bind (0: any free port)")
+    option("--data-dir", Path, Path(".tether"), "where the SQLite database and demo files live")
+    option("--agent", str, None, "your pydantic-ai Agent as module:attribute; default: the offline demo agent")
+    option("--model", str, None, "a pydantic-ai model string used for every run, e.g. openai:gpt-4.1")
+    option("--token", str, None, "require 'Authorization: Bearer TOKEN' on every /v1 route")
+    option("--log-level", str, "info", "log verbosity", choices=["debug", "info", "warning", "error"])
+    option("--max-body-bytes", int, DEFAULT_MAX_BODY_BYTES, "larger request bodies get 413")
+    option(
         "--stream-buffer",
-        type=int,
-        default=int(_env("TETHER_STREAM_BUFFER", DEFAULT_STREAM_BUFFER)),
-        help="events a live stream may fall behind before it is cut off (the client "
-        "resumes from the log) [TETHER_STREAM_BUFFER]",
+        int,
+        DEFAULT_STREAM_BUFFER,
+        "events a live stream may fall behind before it is cut off (the client resumes from the log)",
     )
-    serve.add_argument(
-        "--keepalive",
-        type=float,
-        default=float(_env("TETHER_KEEPALIVE", DEFAULT_KEEPALIVE_SECONDS)),
-        help="seconds between keep-alive comments on idle streams [TETHER_KEEPALIVE]",
-    )
-    serve.add_argument(
+    option("--keepalive", float, DEFAULT_KEEPALIVE_SECONDS, "seconds between keep-alive comments on idle streams")
+    option(
         "--shutdown-grace",
-        type=float,
-        default=float(_env("TETHER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)),
-        help="on SIGTERM/SIGINT, seconds runs get to reach a step boundary; they resume on the next "
-        "start; a second signal exits at once [TETHER_SHUTDOWN_GRACE]",
+        float,
+        DEFAULT_SHUTDOWN_GRACE,
+        "on SIGTERM/SIGINT, seconds runs get to reach a step boundary; they resume on the next start; "
+        "a second signal exits at once",
     )
-    serve.add_argument(
+    option(
         "--max-recoveries",
-        type=int,
-        default=int(_env("TETHER_MAX_RECOVERIES", DEFAULT_MAX_RECOVERIES)),
-        help="how many times a run interrupted by a crash or restart is resumed before it fails "
-        "[TETHER_MAX_RECOVERIES]",
+        int,
+        DEFAULT_MAX_RECOVERIES,
+        "how many times a run interrupted by a crash or restart is resumed before it fails",
     )
-    serve.add_argument(
+    option(
         "--request-limit",
-        type=int,
-        default=int(_env("TETHER_REQUEST_LIMIT", DEFAULT_REQUEST_LIMIT)),
-        help="model requests one run may make before it fails (a guard against runaway loops) [TETHER_REQUEST_LIMIT]",
+        int,
+        DEFAULT_REQUEST_LIMIT,
+        "model requests one run may make before it fails (a guard against runaway loops)",
     )
     serve.set_defaults(handler=serve_command)
 
@@ -154,10 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("thread", help="the thread id")
         if name == "chat":
             sub.add_argument("thread", nargs="?", help="a thread to continue (default: a new thread)")
-        sub.add_argument(
-            "--url", default=_env("TETHER_URL", f"http://127.0.0.1:{DEFAULT_PORT}"), help="the server [TETHER_URL]"
-        )
-        sub.add_argument("--token", default=_env("TETHER_TOKEN"), help="bearer token [TETHER_TOKEN]")
+        option = _env_option(sub)
+        option("--url", str, f"http://127.0.0.1:{DEFAULT_PORT}", "the server")
+        option("--token", str, None, "bearer token")
         if name != "chat":
             sub.add_argument("--json", action="store_true", help="print the server's JSON as it is")
         sub.set_defaults(handler={"threads": threads_command, "runs": runs_command, "chat": chat_command}[name])
