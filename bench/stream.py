@@ -1,0 +1,269 @@
+"""Streaming benchmarks (issue 2), run by hand:
+
+    .venv/bin/python bench/stream.py [--quick]
+
+(a) the in-process ceiling: the demo model's `/stream 100000` consumed straight from pydantic-ai
+    (Agent.iter + node.stream, as Tether's runner drives it), no server;
+(b) the same through Tether: a real `tether serve` process, durable, one SSE client over
+    loopback; and the time from POST to the first event on an already-open thread stream;
+(c) replay of a 100,000-event thread: time to the first replayed event, and events/s;
+(d) capacity: the most concurrent `/stream 400 ms=50` runs (20 words/s each) with the p99 gap
+    between consecutive events at the clients under 250 ms, through Tether and for pydantic-ai
+    alone (concurrent in-process runs); and the server's peak RSS per run.
+
+Everything runs in one go on this machine, so the ratios are side by side. Traffic stays on
+127.0.0.1; the server process is killed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from pydantic_ai import Agent
+
+from tether.agents import load_agent
+
+GAP_LIMIT = 0.250
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tether",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                "--log-level",
+                "warning",
+                "--request-limit",
+                "1000",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if match := re.search(r"Tether is ready: (http://\S+?)/", line):
+                self.url = match[1]
+                return
+        raise RuntimeError("the server did not start")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+async def in_process(agent: Agent, prompt: str, on_event=None) -> int:
+    count = 0
+    async with agent.iter(prompt) as run:
+        async for node in run:
+            if Agent.is_model_request_node(node) or Agent.is_call_tools_node(node):
+                async with node.stream(run.ctx) as events:
+                    async for _ in events:
+                        count += 1
+                        if on_event is not None:
+                            on_event()
+    return count
+
+
+async def ceiling(agent: Agent, words: int) -> float:
+    started = time.perf_counter()
+    count = await in_process(agent, f"/stream {words}")
+    return count / (time.perf_counter() - started)
+
+
+class FrameCounter:
+    """Counts SSE frames (events and comments) in a byte stream, also when "\n\n" spans two chunks."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> int:
+        data = self._tail + chunk
+        new = data.count(b"\n\n") - self._tail.count(b"\n\n")
+        self._tail = data[-1:]
+        self.count += new
+        return new
+
+
+async def through_tether(url: str, words: int) -> tuple[float, str]:
+    async with httpx.AsyncClient(base_url=url, timeout=None) as http:
+        thread = (await http.post("/v1/threads")).json()["id"]
+        started = time.perf_counter()
+        run = (await http.post(f"/v1/threads/{thread}/runs", json={"input": f"/stream {words}"})).json()
+        frames = FrameCounter()
+        async with http.stream("GET", f"/v1/runs/{run['run_id']}/stream") as response:
+            async for chunk in response.aiter_bytes():
+                frames.feed(chunk)
+        return frames.count / (time.perf_counter() - started), thread
+
+
+async def post_to_first_event(url: str, samples: int) -> list[float]:
+    """POST a run while the thread's stream is open; time until its first event arrives."""
+    async with httpx.AsyncClient(base_url=url, timeout=None) as http:
+        thread = (await http.post("/v1/threads")).json()["id"]
+        arrivals: asyncio.Queue[float] = asyncio.Queue()
+
+        async def follow() -> None:
+            async with http.stream("GET", f"/v1/threads/{thread}/stream") as response:
+                async for line in response.aiter_lines():
+                    if '"RUN_STARTED"' in line:
+                        arrivals.put_nowait(time.perf_counter())
+
+        follower = asyncio.create_task(follow())
+        await asyncio.sleep(0.3)
+        latencies = []
+        for _ in range(samples):
+            sent = time.perf_counter()
+            await http.post(f"/v1/threads/{thread}/runs", json={"input": "/stream 1", "multitask": "enqueue"})
+            latencies.append(await asyncio.wait_for(arrivals.get(), 10) - sent)
+            await asyncio.sleep(0.02)
+        follower.cancel()
+        return latencies
+
+
+async def replay(url: str, thread: str, expected: int) -> tuple[float, float]:
+    async with httpx.AsyncClient(base_url=url, timeout=None) as http:
+        started = time.perf_counter()
+        first = None
+        frames = FrameCounter()
+        async with http.stream("GET", f"/v1/threads/{thread}/stream", params={"after": 0}) as response:
+            async for chunk in response.aiter_bytes():
+                first = first or time.perf_counter() - started
+                frames.feed(chunk)
+                if frames.count >= expected:
+                    break
+        return first or 0.0, frames.count / (time.perf_counter() - started)
+
+
+async def tether_gaps(url: str, runs: int) -> list[float]:
+    """p99 material: gaps between consecutive events of each of `runs` concurrent 20-words/s runs."""
+    gaps: list[float] = []
+    limits = httpx.Limits(max_connections=runs * 2 + 10)
+    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as http:
+
+        async def one() -> None:
+            thread = (await http.post("/v1/threads")).json()["id"]
+            run = (await http.post(f"/v1/threads/{thread}/runs", json={"input": "/stream 400 ms=50"})).json()
+            last = None
+            frames = FrameCounter()
+            async with http.stream("GET", f"/v1/runs/{run['run_id']}/stream") as response:
+                async for chunk in response.aiter_bytes():
+                    now = time.perf_counter()
+                    arrived = frames.feed(chunk)
+                    if arrived and last is not None:
+                        gaps.append(now - last)  # events that arrive in one chunk arrive together
+                        gaps.extend([0.0] * (arrived - 1))
+                    if arrived:
+                        last = now
+
+        await asyncio.gather(*[one() for _ in range(runs)])
+    return gaps
+
+
+async def alone_gaps(agent: Agent, runs: int) -> list[float]:
+    gaps: list[float] = []
+
+    async def one() -> None:
+        last: list[float] = []
+
+        def on_event() -> None:
+            now = time.perf_counter()
+            if last:
+                gaps.append(now - last[0])
+                last[0] = now
+            else:
+                last.append(now)
+
+        await in_process(agent, "/stream 400 ms=50", on_event)
+
+    await asyncio.gather(*[one() for _ in range(runs)])
+    return gaps
+
+
+async def capacity(measure, steps: list[int]) -> tuple[int, dict[int, float]]:
+    best, p99s = 0, {}
+    for runs in steps:
+        p99 = quantile(await measure(runs), 0.99)
+        p99s[runs] = p99
+        print(f"    {runs:4d} runs: p99 gap {p99 * 1000:6.0f} ms", flush=True)
+        if p99 >= GAP_LIMIT:
+            break
+        best = runs
+    return best, p99s
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a check that it works")
+    args = parser.parse_args()
+    words = 20_000 if args.quick else 100_000
+    steps = [25, 50, 100] if args.quick else [25, 50, 100, 200, 300, 400, 600]
+    print(f"# streaming benchmark, {time.strftime('%Y-%m-%d %H:%M')}, Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        agent = load_agent(None, Path(tmp))
+        server = Server(Path(tmp) / "data")
+        try:
+            a = await ceiling(agent, words)
+            b, thread = await through_tether(server.url, words)
+            print(f"(a) pydantic-ai alone: {a:8.0f} events/s")
+            print(f"(b) through Tether:    {b:8.0f} events/s   (b)/(a) = {b / a:.2f}")
+            latencies = await post_to_first_event(server.url, 20 if args.quick else 50)
+            print(
+                f"    POST → first event: median {statistics.median(latencies) * 1000:.1f} ms, "
+                f"p95 {quantile(latencies, 0.95) * 1000:.1f} ms"
+            )
+            first, rate = await replay(server.url, thread, words + 7)
+            print(f"(c) replay of {words + 7} events: first after {first * 1000:.1f} ms, {rate:,.0f} events/s")
+            print("(d) capacity, /stream 400 ms=50 per run, p99 gap < 250 ms")
+            print("  through Tether:")
+            rss_before = server.rss_mb()
+            tether_best, _ = await capacity(lambda n: tether_gaps(server.url, n), steps)
+            peak = server.peak_rss_mb()
+            print("  pydantic-ai alone:")
+            alone_best, _ = await capacity(lambda n: alone_gaps(agent, n), steps)
+            ratio = tether_best / alone_best if alone_best else 0
+            print(f"    capacity: Tether {tether_best} runs, pydantic-ai alone {alone_best} runs, ratio {ratio:.2f}")
+            if tether_best:
+                print(
+                    f"    server RSS: {rss_before:.0f} MB idle, peak {peak:.0f} MB, "
+                    f"{(peak - rss_before) / tether_best:.2f} MB per run at {tether_best} runs"
+                )
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
