@@ -141,10 +141,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from tether.agents import AgentLoadError
-    from tether.app import create_app
-    from tether.store.sqlite import DataDirInUse
-
     settings = Settings(
         data_dir=args.data_dir,
         host=args.host,
@@ -167,6 +163,10 @@ def serve_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from tether.agents import AgentLoadError  # imported late: refusing a bad host needs none of it
+    from tether.app import create_app
+    from tether.store.sqlite import DataDirInUse
+
     configure_logging(settings.log_level)
     try:
         app = create_app(settings)
@@ -176,8 +176,7 @@ def serve_command(args: argparse.Namespace) -> int:
     agent_name = settings.agent or "the offline demo agent"
     model = f", model {settings.model}" if settings.model else ""
     print(
-        f"Tether {__version__} serving {agent_name}{model} on http://{settings.host}:{settings.port} "
-        f"(data in {settings.data_dir})",
+        f"Tether {__version__} serving {agent_name}{model}, data in {settings.data_dir}",
         flush=True,
     )
     config = uvicorn.Config(

@@ -33,6 +33,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's "error parsing the body": a JSON body that is not even UTF-8 text.
+            return error_response(400, "invalid_json", f"the request body is not valid JSON: {exc.__cause__}")
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
@@ -75,7 +78,7 @@ class BodyLimitMiddleware:
                 return  # the client went away
             body += message.get("body", b"")
             if len(body) > self.max_bytes:
-                await self._too_large(scope, receive, send)
+                await self._too_large(scope, receive, send, unread=message.get("more_body", False))
                 return
             if not message.get("more_body", False):
                 break
@@ -90,7 +93,13 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, *, unread: bool = True) -> None:
+        # Read (and drop) the rest of a body of reasonable size before answering: closing the
+        # connection with unread bytes makes the kernel send a reset, and the client then loses
+        # the 413 and sees only a broken connection.
+        # A client that waits for "100 Continue" has sent nothing, and gets none: no drain.
+        if unread and dict(scope["headers"]).get(b"expect", b"").lower() != b"100-continue":
+            await _drain(receive, DRAIN_BYTES)
         response = error_response(
             413,
             "body_too_large",
@@ -98,6 +107,19 @@ class BodyLimitMiddleware:
             headers={"connection": "close"},
         )
         await response(scope, receive, send)
+
+
+DRAIN_BYTES = 1 << 20
+"""How much of a refused body is read and dropped before the 413; a larger one is cut off."""
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    drained = 0
+    while drained <= limit:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        drained += len(message.get("body", b""))
 
 
 class BearerAuthMiddleware:

@@ -44,8 +44,12 @@ def resume_point(last_event_id: str | None, after: str | None) -> int:
     raw = last_event_id if last_event_id is not None else after
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit():
-        raise BadRequest(f"Last-Event-ID / after must be a sequence number, got {raw!r}", code="invalid_last_event_id")
+    # ASCII digits only: str.isdigit() also accepts '²' and the like, which int() rejects (a 500).
+    # A seq is a SQLite INTEGER, so more than 19 digits cannot be one (and int() refuses >4300 digits).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise BadRequest(
+            f"Last-Event-ID / after must be a sequence number, got {raw[:40]!r}", code="invalid_last_event_id"
+        )
     return int(raw)
 
 
