@@ -19,10 +19,8 @@ from typing import Any
 
 from ag_ui.core import BaseEvent
 
-RUN_STARTED = "RUN_STARTED"
 RUN_FINISHED = "RUN_FINISHED"
 RUN_ERROR = "RUN_ERROR"
-MESSAGES_SNAPSHOT = "MESSAGES_SNAPSHOT"
 
 
 @dataclass(frozen=True, slots=True)
