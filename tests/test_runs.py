@@ -136,17 +136,19 @@ async def test_feed_shows_runs_start_and_finish(server):
     async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url, timeout=None) as http:
         thread = await client.create_thread()
         seen: list[dict] = []
+        connected = asyncio.Event()
 
         async def watch() -> None:
             async with http.stream("GET", "/v1/events") as response:
                 async for line in response.aiter_lines():
                     if line.startswith("data: "):
                         seen.append(json.loads(line[6:]))
+                        connected.set()
                         if seen[-1].get("status") == "completed":
                             return
 
         watcher = asyncio.create_task(watch())
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(connected.wait(), 10)  # the snapshot has arrived: we are following
         await client.send(thread["id"], "/stream 3")
         await asyncio.wait_for(watcher, 20)
     assert seen[0]["type"] == "snapshot"
