@@ -190,12 +190,19 @@ async def test_deleting_a_thread_ends_its_streams(start_server):
         run = await client.send(thread["id"], "/stream 3")
         await wait_for_status(client, run["run_id"], {"completed"})
 
+        replayed = asyncio.Event()
+
         async def follow() -> list[str]:
+            lines = []
             async with http.stream("GET", f"/v1/threads/{thread['id']}/stream") as response:
-                return [line async for line in response.aiter_lines()]
+                async for line in response.aiter_lines():
+                    lines.append(line)
+                    if '"RUN_FINISHED"' in line:
+                        replayed.set()
+            return lines
 
         following = asyncio.create_task(follow())
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(replayed.wait(), 10)  # the stream is open and live
         await client.delete_thread(thread["id"])
         lines = await asyncio.wait_for(following, 5)
         assert any('"RUN_FINISHED"' in line for line in lines)
