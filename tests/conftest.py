@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import re
 import signal
@@ -171,3 +172,26 @@ async def wait_for_status(client, run_id: str, statuses: set[str], within: float
         if time.monotonic() > deadline:
             raise AssertionError(f"run {run_id} still {run['status']} after {within}s")
         await asyncio.sleep(0.02)
+
+
+def tool_log(data_dir: Path) -> list[dict]:
+    path = data_dir / "demo_tools.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def notes(data_dir: Path) -> list[str]:
+    path = data_dir / "notes.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def thread_events(client: Any, thread_id: str) -> list[dict]:
+    """Every event of the thread so far, in order."""
+    last = (await client.get_thread(thread_id))["last_seq"]
+    events = []
+    if last == 0:
+        return events
+    async for event in client.stream_thread(thread_id):
+        events.append(event.data)
+        if event.seq == last:
+            return events
+    return events

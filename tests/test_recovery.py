@@ -24,12 +24,7 @@ import pytest
 from tether.client import TetherClient
 from tether.transcript import comparable, fold
 
-from .conftest import TetherProcess, wait_for_status
-
-
-def tool_log(data_dir: Path) -> list[dict]:
-    path = data_dir / "demo_tools.log"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+from .conftest import TetherProcess, tool_log, wait_for_status
 
 
 def integrity(data_dir: Path) -> str:
