@@ -25,7 +25,7 @@ def test_chat_streams_answers_and_asks_for_approval(server):
     assert "agent> w1 w2 w3 w4 w5" in out
     assert 'approve write_note({"text": "buy milk"})?' in out
     assert "saved the note 'buy milk'" in out
-    assert "agent> write_note says: not today" in out
+    assert "agent> write_note says: The user denied this tool call: not today" in out
     assert (server.settings.data_dir / "notes.txt").read_text() == "buy milk\n"
     thread_id = done.stderr.split()[1]
     # The conversation is an ordinary thread: the API shows the same history.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -13,30 +11,7 @@ import pytest
 from tether.client import TetherClient, TetherError
 from tether.transcript import comparable, fold
 
-from .conftest import wait_for_status
-
-
-def tool_log(data_dir: Path) -> list[dict]:
-    path = data_dir / "demo_tools.log"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def notes(data_dir: Path) -> list[str]:
-    path = data_dir / "notes.txt"
-    return path.read_text().splitlines() if path.exists() else []
-
-
-async def thread_events(client: TetherClient, thread_id: str) -> list[dict]:
-    """Every event of the thread so far, in order."""
-    last = (await client.get_thread(thread_id))["last_seq"]
-    events = []
-    if last == 0:
-        return events
-    async for event in client.stream_thread(thread_id):
-        events.append(event.data)
-        if event.seq == last:
-            return events
-    return events
+from .conftest import notes, thread_events, tool_log, wait_for_status
 
 
 async def assert_transcript_consistent(client: TetherClient, thread_id: str) -> dict:
@@ -345,7 +320,7 @@ async def test_partial_decisions_are_kept_until_all_are_decided(start_server):
         assert second.status_code == 202
         await wait_for_status(client, run["run_id"], {"completed"})
         stored = await assert_transcript_consistent(client, thread["id"])
-    assert stored["messages"][-1]["content"] == "call_a: deleted a.txt | call_b: keep b"
+    assert stored["messages"][-1]["content"] == "call_a: deleted a.txt | call_b: The user denied this tool call: keep b"
 
 
 async def test_retry_says_again_what_steered_the_old_answer(server):

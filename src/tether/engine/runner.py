@@ -28,6 +28,7 @@ from pydantic_ai.messages import (
     ToolCallPart,
     ToolReturnPart,
     UserPromptPart,
+    repair_messages,
 )
 from pydantic_ai.run import AgentRun, AgentRunResult, AgentRunResultEvent
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
@@ -51,6 +52,7 @@ from tether.store import Checkpoint, CheckpointKind, Decision, InboxItem, Pendin
 log = logging.getLogger("tether.run")
 
 
+DENIED = "The user denied this tool call"
 UNKNOWN_OUTCOME = (
     "The outcome of this tool call is unknown: the server restarted while it was running, so it may or may "
     "not have taken effect. It was not run again."
@@ -93,6 +95,7 @@ class RunExecution:
         self._pause: tuple[list[PendingCall], dict[str, Decision]] | None = None
         self._cancel_reason: str | None = None
         self._discard_partial = False
+        self._batch_response: ModelResponse | None = None  # the response whose tool calls are executing
         self._stopping = False
         self._steers_waiting: list[InboxItem] = []
         self._steers_sent: dict[str, InboxItem] = {}
@@ -334,6 +337,7 @@ class RunExecution:
                     if Agent.is_call_tools_node(node) and _has_tool_calls(node.model_response):
                         # Recorded so that recovery can answer the calls of a batch cut off by a crash.
                         self._journal.update_run(self.run.id, inflight_response=_dump([node.model_response]))
+                        self._batch_response = node.model_response
                     if Agent.is_model_request_node(node) or Agent.is_call_tools_node(node):
                         async with node.stream(agent_run.ctx) as node_events:
                             async for event in node_events:
@@ -382,22 +386,27 @@ class RunExecution:
     def _history_after_failure(self, exc: Exception) -> list[ModelMessage]:
         """The history a failed or cancelled run leaves: what completed, never a half-done tool batch.
 
-        A cancelled run keeps pydantic-ai's own snapshot (partial response marked interrupted; on the
-        next run it answers unanswered calls with an "interrupted" return), unless it was interrupted
-        by a new message, which discards the unfinished response. A failed run drops a trailing
-        response whose tool calls never returned, or the next run would execute them.
+        A cancelled run keeps what the model said so far, unless it was interrupted by a new
+        message, which discards a response still being streamed. Tool calls that were executing
+        are answered "interrupted" here, as pydantic-ai's history repair would answer them at the
+        next run, so that the snapshot on the stream is the history the next run starts from.
+        A failed run drops a trailing response whose tool calls never returned, or the next run
+        would execute them.
         """
         if isinstance(exc, RunCancelled):
             history = list(exc.all_messages())
-        elif self._agent_run is not None:
-            history = list(self._agent_run.all_messages())
+            while history and isinstance(history[-1], ModelRequest) and not history[-1].parts:
+                history.pop()  # the next request pydantic-ai had begun to build
+            if self._discard_partial and history and isinstance(history[-1], ModelResponse):
+                if history[-1] != self._batch_response:
+                    history.pop()
+            history = repair_messages(history)
         else:
-            history = [*self._base_history, ModelRequest(parts=[UserPromptPart(self.run.input)])]
-        if not isinstance(exc, RunCancelled):
+            if self._agent_run is not None:
+                history = list(self._agent_run.all_messages())
+            else:
+                history = [*self._base_history, ModelRequest(parts=[UserPromptPart(self.run.input)])]
             while history and _has_tool_calls(history[-1]):
-                history.pop()
-        elif self._discard_partial:
-            while history and isinstance(history[-1], ModelResponse):
                 history.pop()
         self._final_history = history
         return history
@@ -482,12 +491,17 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
     await journal.commit()
 
 
+def denial_message(reason: str | None) -> str:
+    """What the model is told of a denied call. The fixed start lets clients mark the call "denied"."""
+    return f"{DENIED}: {reason}" if reason else f"{DENIED}."
+
+
 def deferred_results(decisions: dict[str, Decision]) -> DeferredToolResults:
     """Human decisions as pydantic-ai's deferred tool results."""
     approvals: dict[str, bool | ToolApproved | ToolDenied] = {}
     for tool_call_id, decision in decisions.items():
         if not decision.approved:
-            approvals[tool_call_id] = ToolDenied(decision.reason or "The user denied this tool call.")
+            approvals[tool_call_id] = ToolDenied(denial_message(decision.reason))
         elif decision.args is not None:
             approvals[tool_call_id] = ToolApproved(override_args=decision.args)
         else:
