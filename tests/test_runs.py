@@ -51,6 +51,26 @@ async def test_folding_the_log_renders_the_stored_history(server, directive):
     assert [m["role"] for m in folded].count("user") == 3
 
 
+async def test_messages_seq_says_where_the_stored_history_can_be_followed_from(server):
+    """Showing `messages` and folding the events after `messages_seq` follows the transcript exactly;
+    while a run is active there is no such point (its partial answer is only in the log)."""
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/stream 3")
+        await read_run(client, run["run_id"])
+        idle = await client.get_thread(thread["id"])
+        assert idle["messages_seq"] == idle["last_seq"] > 0
+        run = await client.send(thread["id"], "/stream 200 ms=5")
+        await wait_for_status(client, run["run_id"], {"running"})
+        busy = await client.get_thread(thread["id"])
+        assert busy["messages_seq"] is None and busy["status"] == "running"
+        later = [event.data for event in await read_run(client, run["run_id"])]
+        stored = await client.get_thread(thread["id"])
+    assert comparable(fold([{"type": "MESSAGES_SNAPSHOT", "messages": idle["messages"]}, *later])) == comparable(
+        stored["messages"]
+    )
+
+
 async def test_failed_run_records_reason_and_next_run_works(server):
     async with TetherClient(server.url) as client:
         thread = await client.create_thread()

@@ -78,15 +78,15 @@ async def list_threads(
 async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
     eng = engine(request)
     thread = await eng.get_thread(thread_id)
-    last_seq = await eng.last_seq(thread_id)
+    messages, last_seq, messages_seq = await eng.thread_messages(thread_id)
     active = await eng.active_runs(thread_id)
-    messages = await eng.thread_messages(thread_id)
     current = next((r for r in active if r.status != "queued"), active[0] if active else None)
     return ThreadDetail(
         **ThreadOut.of(thread).model_dump(),
         status=current.status if current else "idle",
         active_run=RunOut.of(current) if current else None,
         last_seq=last_seq,
+        messages_seq=messages_seq,
         messages=messages,
     )
 

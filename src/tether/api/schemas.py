@@ -118,6 +118,11 @@ class ThreadDetail(ThreadOut):
     status: Literal["idle", "queued", "running", "awaiting_approval"]
     active_run: RunOut | None
     last_seq: int = Field(description="The thread's last event; stream with after=last_seq to follow from here.")
+    messages_seq: int | None = Field(
+        description="The seq `messages` is current to: fold the events after it onto `messages` to follow "
+        "the live transcript. Null while a run is active: its partial answer is only in the log, so fold "
+        "the log from the start instead."
+    )
     messages: list[dict[str, Any]] = Field(description="The stored history, as AG-UI messages.")
 
 

@@ -158,16 +158,17 @@ class Engine:
             self.journal.feed(thread_id, None, feed_notice("thread.deleted", thread_id))
             await self.journal.commit()
 
-    async def thread_messages(self, thread_id: str) -> list[dict[str, Any]]:
-        """The thread's stored history, rendered as AG-UI messages."""
-        checkpoint = await self.store.latest_checkpoint(thread_id)
-        if checkpoint is None:
-            return []
-        history = ModelMessagesTypeAdapter.validate_json(checkpoint.messages)
-        return [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in AGUIAdapter.dump_messages(history)]
-
-    async def last_seq(self, thread_id: str) -> int:
-        return await self.store.last_seq(thread_id)
+    async def thread_messages(self, thread_id: str) -> tuple[list[dict[str, Any]], int, int | None]:
+        """The thread's stored history as AG-UI messages, its last seq, and the seq the history is
+        current to: the last seq if no run was active (so a client can fold the events after it onto
+        these messages), else None (a run's partial answer is only in the log)."""
+        snapshot = await self.store.thread_snapshot(thread_id)
+        messages = []
+        if snapshot.checkpoint is not None:
+            history = ModelMessagesTypeAdapter.validate_json(snapshot.checkpoint.messages)
+            dumped = AGUIAdapter.dump_messages(history)
+            messages = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in dumped]
+        return messages, snapshot.last_seq, None if snapshot.run_active else snapshot.last_seq
 
     # runs
 

@@ -108,6 +108,15 @@ class Checkpoint:
     kind: CheckpointKind = "step"
 
 
+@dataclass
+class ThreadSnapshot:
+    """A thread's last seq, latest checkpoint and whether a run was active, read at one instant."""
+
+    last_seq: int
+    checkpoint: Checkpoint | None
+    run_active: bool
+
+
 CheckpointKind = Literal["start", "step", "pause", "end"]
 """start: a retry's rewind; step: before a model request (after a tool batch or a steer);
 pause: waiting for approval; end: the run ended."""
@@ -155,6 +164,7 @@ class Store(Protocol):
     async def inbox(self, run_id: str) -> list[InboxItem]: ...
 
     async def latest_checkpoint(self, thread_id: str) -> Checkpoint | None: ...
+    async def thread_snapshot(self, thread_id: str) -> ThreadSnapshot: ...
     async def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None: ...
 
     async def last_seq(self, thread_id: str) -> int: ...

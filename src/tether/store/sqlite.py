@@ -24,7 +24,19 @@ from typing import IO, Any
 import aiosqlite
 
 from tether.events import Event, FeedItem
-from tether.store import Checkpoint, Decision, InboxItem, PendingCall, Run, RunStatus, Thread, ToolMark, WriteBatch
+from tether.store import (
+    ACTIVE_STATUSES,
+    Checkpoint,
+    Decision,
+    InboxItem,
+    PendingCall,
+    Run,
+    RunStatus,
+    Thread,
+    ThreadSnapshot,
+    ToolMark,
+    WriteBatch,
+)
 from tether.store.migrations import MIGRATIONS
 
 _RUN_COLUMNS = (
@@ -42,6 +54,7 @@ _UPDATABLE_RUN_FIELDS = {
     "inflight_response",
     "recoveries",
 }
+_ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
 _CHECKPOINT_COLUMNS = "thread_id, run_id, messages, created_at, id, kind"
 _THREAD_COLUMNS = (
     "id, title, created_at, updated_at, metadata, allowed_tools, "
@@ -271,6 +284,19 @@ class SQLiteStore:
             (thread_id,),
         )
         return Checkpoint(*row) if row else None
+
+    async def thread_snapshot(self, thread_id: str) -> ThreadSnapshot:
+        # One statement reads one snapshot of the database: the three answers agree with each other.
+        row = await self._one(
+            f"SELECT (SELECT MAX(seq) FROM events WHERE thread_id = ?1), "
+            f"EXISTS(SELECT 1 FROM runs WHERE thread_id = ?1 AND status IN ({_ACTIVE})), c.* "
+            f"FROM (SELECT 1) LEFT JOIN (SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints "
+            f"WHERE thread_id = ?1 ORDER BY id DESC LIMIT 1) AS c",
+            (thread_id,),
+        )
+        assert row is not None
+        checkpoint = Checkpoint(*row[2:]) if row[2] is not None else None
+        return ThreadSnapshot(last_seq=row[0] or 0, checkpoint=checkpoint, run_active=bool(row[1]))
 
     async def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None:
         row = await self._one(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (checkpoint_id,))
