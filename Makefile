@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: serve test lint format bench clean help
+.PHONY: serve test lint format bench clean help chromium
 
 help:
 	@echo "make serve   install into $(VENV) and run Tether with SQLite and the offline demo agent"
@@ -21,9 +23,19 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/tether serve
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 4 --dist loadgroup -q
+
+# Installs Chromium where it can (root, or sudo without a password); elsewhere the browser tests
+# skip, except under CI=true, where they fail.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  echo "installing Debian's chromium package for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "could not install chromium: the browser tests will skip (and fail under CI=true)"; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

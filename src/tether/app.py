@@ -11,6 +11,7 @@ from tether import __version__
 from tether.agents import check_model, load_agent
 from tether.api.errors import BearerAuthMiddleware, BodyLimitMiddleware, install_error_handlers
 from tether.api.routes import health_router, router
+from tether.api.ui import mount_ui
 from tether.bus.memory import MemoryBus
 from tether.config import Settings
 from tether.engine import Engine
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)
+    mount_ui(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=settings.token)
     return app

@@ -1,0 +1,120 @@
+// The Tether HTTP API, as the UI uses it: JSON in, JSON out, errors as ApiError.
+
+import { follow } from "./sse.js";
+
+const TOKEN_KEY = "tether.token";
+
+/** An error answer: `status` and the server's `{error: {code, message}}`. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export class Api {
+  /** @param {() => Promise<void>} askForToken called on 401; resolves once a new token is stored. */
+  constructor(askForToken) {
+    this.askForToken = askForToken;
+  }
+
+  get token() {
+    return localStorage.getItem(TOKEN_KEY);
+  }
+
+  set token(value) {
+    if (value) localStorage.setItem(TOKEN_KEY, value);
+    else localStorage.removeItem(TOKEN_KEY);
+  }
+
+  headers() {
+    return this.token ? { Authorization: `Bearer ${this.token}` } : {};
+  }
+
+  /** One request; a 401 asks for the token and tries again. */
+  async request(method, path, body = undefined) {
+    for (;;) {
+      let response;
+      try {
+        response = await fetch(path, {
+          method,
+          headers: { ...this.headers(), ...(body !== undefined ? { "Content-Type": "application/json" } : {}) },
+          body: body !== undefined ? JSON.stringify(body) : undefined,
+          cache: "no-store",
+        });
+      } catch {
+        throw new ApiError(0, "network", "The server cannot be reached. Check that Tether is running.");
+      }
+      if (response.status === 401) {
+        await this.askForToken((await errorOf(response)).message);
+        continue;
+      }
+      if (!response.ok) throw await errorOf(response);
+      return response.status === 204 ? null : response.json();
+    }
+  }
+
+  threads() {
+    return this.request("GET", "/v1/threads?limit=200");
+  }
+  thread(id) {
+    return this.request("GET", `/v1/threads/${id}`);
+  }
+  runs(threadId) {
+    return this.request("GET", `/v1/threads/${threadId}/runs`);
+  }
+  run(id) {
+    return this.request("GET", `/v1/runs/${id}`);
+  }
+  createThread() {
+    return this.request("POST", "/v1/threads", {});
+  }
+  rename(id, title) {
+    return this.request("PATCH", `/v1/threads/${id}`, { title });
+  }
+  remove(id) {
+    return this.request("DELETE", `/v1/threads/${id}`);
+  }
+  send(threadId, input) {
+    return this.request("POST", `/v1/threads/${threadId}/runs`, { input, multitask: "enqueue" });
+  }
+  steer(threadId, input) {
+    return this.request("POST", `/v1/threads/${threadId}/steer`, { input });
+  }
+  retry(threadId) {
+    return this.request("POST", `/v1/threads/${threadId}/retry`);
+  }
+  cancel(runId) {
+    return this.request("POST", `/v1/runs/${runId}/cancel`);
+  }
+  decide(runId, toolCallId, decision) {
+    return this.request("POST", `/v1/runs/${runId}/approvals`, { decisions: { [toolCallId]: decision } });
+  }
+
+  /** Follow an event stream (see sse.js), asking for the token if the server wants one. */
+  async follow(path, options) {
+    let after = options.after ?? null;
+    const onEvent = (event, seq) => {
+      options.onEvent(event, seq);
+      if (seq !== null) after = seq;
+    };
+    for (;;) {
+      try {
+        return await follow(path, { ...options, after, onEvent, headers: () => this.headers() });
+      } catch (error) {
+        if (error.status !== 401) throw error;
+        await this.askForToken(error.message);
+      }
+    }
+  }
+}
+
+async function errorOf(response) {
+  try {
+    const body = await response.json();
+    return new ApiError(response.status, body.error.code, body.error.message);
+  } catch {
+    return new ApiError(response.status, `http_${response.status}`, response.statusText || "request failed");
+  }
+}

@@ -1,0 +1,534 @@
+// The web UI's controller: it keeps the thread list live from the feed (/v1/events), follows the
+// open thread's stream, and turns clicks into API calls. Folding lives in session.js and fold.js,
+// drawing in view.js.
+
+import { Api, ApiError } from "./api.js";
+import { ACTIVE, chatBlocks, ThreadSession, threadStatus } from "./session.js";
+import { sleep } from "./sse.js";
+import { drawApprovals, drawMessages, drawThreadList, statusLabel } from "./view.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** What the UI knows of each thread: {id, title, status, runId, error, pending}, newest first. */
+const threads = new Map();
+/** Runs the UI has seen end: a late feed notice must not make them look active again. */
+const endedRuns = new Set();
+let current = null; // {id, session, abort, placeholder: {messages, until} | null, problem: string | null}
+let tokenPrompt = null;
+let focusInputOnDraw = false; // the composer can take focus only once it is drawn
+
+const api = new Api(askForToken);
+
+function info(threadId) {
+  if (!threads.has(threadId)) threads.set(threadId, { id: threadId, title: null, status: "idle", runId: null, error: null, pending: [] });
+  return threads.get(threadId);
+}
+
+function setRunState(threadId, runId, runStatus, { error = null, pending = null } = {}) {
+  if (runId && endedRuns.has(runId) && ACTIVE.has(runStatus)) return;
+  if (runId && !ACTIVE.has(runStatus)) endedRuns.add(runId);
+  const thread = info(threadId);
+  thread.status = threadStatus(runStatus);
+  thread.runId = runId ?? thread.runId;
+  thread.error = runStatus === "failed" ? error : null;
+  thread.stopped = runStatus === "cancelled" ? error : null;
+  if (pending !== null) thread.pending = pending;
+  if (runStatus !== "awaiting_approval") thread.pending = [];
+  redraw();
+}
+
+function toTop(threadId) {
+  const thread = info(threadId);
+  threads.delete(threadId);
+  const rest = [...threads.entries()];
+  threads.clear();
+  threads.set(threadId, thread);
+  for (const [id, t] of rest) threads.set(id, t);
+}
+
+// ---- the feed: every thread's status, live ------------------------------------------------
+
+async function followFeed() {
+  let after = null;
+  for (;;) {
+    try {
+      await api.follow("/v1/events", {
+        after,
+        signal: new AbortController().signal,
+        onEvent: (notice, seq) => {
+          if (seq !== null) after = seq;
+          onNotice(notice);
+        },
+        onState: (state) => {
+          $("feed-state").textContent = state === "live" ? "" : "Reconnecting…";
+        },
+      });
+    } catch (error) {
+      // The feed's position is unknown here (a new database): start again from a snapshot.
+      $("feed-state").textContent = error.message;
+      after = null;
+      await sleep(2000);
+    }
+  }
+}
+
+function onNotice(notice) {
+  switch (notice.type) {
+    case "snapshot":
+      resync(notice.activeRuns).catch(showError);
+      return;
+    case "thread.created":
+    case "thread.updated":
+      info(notice.threadId).title = notice.title ?? null;
+      if (notice.type === "thread.created") toTop(notice.threadId);
+      break;
+    case "thread.deleted":
+      threads.delete(notice.threadId);
+      if (current?.id === notice.threadId) {
+        ThreadSession.forget(notice.threadId);
+        location.hash = "";
+      }
+      break;
+    case "run.created":
+      toTop(notice.threadId);
+      if (info(notice.threadId).status === "idle") setRunState(notice.threadId, notice.runId, "queued");
+      break;
+    case "run.status": {
+      const pending = notice.pendingApprovals ? notice.pendingApprovals.map((call) => ({ ...call, decision: null })) : null;
+      setRunState(notice.threadId, notice.runId, notice.status, { error: notice.error ?? null, pending });
+      if (notice.status === "awaiting_approval" && current?.id === notice.threadId) refreshApprovals(notice.runId);
+      break;
+    }
+    case "run.decided":
+      if (current?.id === notice.threadId) refreshApprovals(notice.runId);
+      break;
+    default:
+      break;
+  }
+  redraw();
+}
+
+/** A fresh feed connection: the thread list from the API, then the snapshot's active runs on top. */
+async function resync(activeRuns) {
+  const { threads: list } = await api.threads();
+  const known = new Map(threads);
+  threads.clear();
+  for (const thread of list) {
+    threads.set(thread.id, {
+      ...(known.get(thread.id) || {}),
+      id: thread.id,
+      title: thread.title,
+      status: threadStatus(thread.last_run_status),
+      pending: [],
+    });
+  }
+  for (const run of activeRuns) {
+    const pending = run.pendingApprovals.map((call) => ({ ...call, decision: null }));
+    setRunState(run.threadId, run.runId, run.status, { pending });
+  }
+  redraw();
+}
+
+// ---- the open thread --------------------------------------------------------------------
+
+async function openThread(threadId) {
+  current?.abort.abort();
+  $("app").classList.remove("threads-open");
+  if (!threadId) {
+    current = null;
+    redraw();
+    return;
+  }
+  const abort = new AbortController();
+  const restored = ThreadSession.restore(threadId);
+  current = { id: threadId, session: restored, abort, placeholder: null, problem: null, loading: true };
+  redraw();
+
+  const detail = await loadThread(threadId, abort.signal);
+  if (!detail) return;
+  current.problem = null;
+  current.loading = false;
+  const thread = info(threadId);
+  thread.title = detail.title;
+  const run = detail.active_run;
+  setRunState(threadId, run?.id ?? null, run ? run.status : detail.last_run_status, { pending: run ? pendingOf(run) : [] });
+  if (!run && detail.last_run_status === "failed") loadFailure(threadId);
+  if (!restored) {
+    if (detail.messages_seq !== null) {
+      current.session = new ThreadSession(threadId, detail.messages, detail.messages_seq);
+    } else {
+      // A run is under way: only the log holds its partial answer, so fold the log from the
+      // start, and show the stored history until the fold has caught up.
+      current.session = new ThreadSession(threadId);
+      current.placeholder = { messages: detail.messages, until: detail.last_seq };
+    }
+  }
+  redraw();
+  followThread(current, detail.last_seq, abort.signal);
+}
+
+/** The thread's state from the API, retried while the server is unreachable or restarting. */
+async function loadThread(threadId, signal) {
+  for (let delay = 500; !signal.aborted; delay = Math.min(delay * 2, 5000)) {
+    try {
+      return await api.thread(threadId);
+    } catch (error) {
+      if (signal.aborted) return null;
+      current.session ||= new ThreadSession(threadId);
+      if (error.status === 404) {
+        current.problem = "This thread does not exist (it may have been deleted).";
+        redraw();
+        return null;
+      }
+      current.problem = error.status === 0 || error.status === 503 ? `${error.message} Retrying…` : error.message;
+      redraw();
+      if (error.status !== 0 && error.status !== 503) return null;
+      await sleep(delay, signal);
+    }
+  }
+  return null;
+}
+
+/**
+ * Follow the open thread's stream from where its session is. Events up to `knownSeq` (what the
+ * thread's GET answer already reflected) fold into the transcript but do not move the run state
+ * back in time.
+ */
+async function followThread(open, knownSeq, signal) {
+  const { session } = open;
+  let saveTimer = null;
+  const saveSoon = () => {
+    saveTimer ??= setTimeout(() => {
+      saveTimer = null;
+      session.save();
+    }, 200);
+  };
+  try {
+    await api.follow(`/v1/threads/${session.threadId}/stream`, {
+      after: session.seq,
+      signal,
+      onEvent: (event, seq) => {
+        session.apply(event, seq);
+        if (seq > knownSeq) onThreadEvent(session.threadId, event, session);
+        if (open.placeholder && session.seq >= open.placeholder.until) open.placeholder = null;
+        saveSoon();
+        redraw();
+      },
+      onState: (state) => {
+        $("stream-state").textContent = state === "live" ? "" : "Reconnecting…";
+        $("stream-state").dataset.state = state;
+      },
+    });
+  } catch (error) {
+    if (signal.aborted) return;
+    if (error.code === "invalid_last_event_id") {
+      // This tab's saved position is not in the log (a different database): start afresh.
+      ThreadSession.forget(session.threadId);
+      if (current === open) openThread(session.threadId);
+      return;
+    }
+    open.problem = error.message;
+    redraw();
+  } finally {
+    clearTimeout(saveTimer);
+    session.save();
+  }
+}
+
+function onThreadEvent(threadId, event, session) {
+  if (event.type === "RUN_STARTED") setRunState(threadId, event.runId, "running");
+  else if (event.type === "RUN_FINISHED" || event.type === "RUN_ERROR") {
+    const run = session.run;
+    const pending = run.status === "awaiting_approval" ? session.pending : null;
+    setRunState(threadId, run.id, run.status, { error: run.error, pending });
+  }
+}
+
+async function loadFailure(threadId) {
+  try {
+    const { runs } = await api.runs(threadId);
+    const last = runs.at(-1);
+    if (last?.status === "failed" && info(threadId).status === "failed") info(threadId).error = last.error;
+    redraw();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function refreshApprovals(runId) {
+  try {
+    const run = await api.run(runId);
+    setRunState(run.thread_id, run.id, run.status, { error: run.error, pending: pendingOf(run) });
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function pendingOf(run) {
+  return (run.pending_approvals || []).map((call) => ({
+    toolCallId: call.tool_call_id,
+    toolName: call.tool_name,
+    args: call.args,
+    decision: call.decision,
+  }));
+}
+
+async function decide(call, decision, onError) {
+  const thread = info(current.id);
+  try {
+    const run = await api.decide(thread.runId, call.toolCallId, decision);
+    setRunState(run.thread_id, run.id, run.status, { error: run.error, pending: pendingOf(run) });
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 409) refreshApprovals(thread.runId);
+    else onError(error.message);
+  }
+}
+
+// ---- drawing --------------------------------------------------------------------------
+
+let drawQueued = false;
+
+/** Draw on the next frame: a burst of events costs one redraw. */
+function redraw() {
+  if (drawQueued) return;
+  drawQueued = true;
+  requestAnimationFrame(() => {
+    drawQueued = false;
+    draw();
+  });
+}
+
+function draw() {
+  drawThreadList($("thread-list"), [...threads.values()], current?.id ?? null);
+  const open = current && current.session;
+  $("empty").hidden = Boolean(current);
+  $("messages").hidden = !current;
+  $("composer").hidden = !current;
+  $("delete-thread").hidden = !current;
+  if (!current) {
+    $("chat-title").textContent = "Tether";
+    $("chat-status").textContent = "";
+    $("approvals").hidden = true;
+    $("run-error").hidden = true;
+    document.title = "Tether";
+    return;
+  }
+  const thread = info(current.id);
+  if (!$("chat-title").isContentEditable) $("chat-title").textContent = thread.title || "Untitled";
+  document.title = `${thread.title || "Untitled"} · Tether`;
+  // Until the thread's state has loaded, nothing claims it is idle (or offers to send).
+  const status = current.loading ? "loading" : thread.status;
+  $("chat-status").textContent = status === "idle" ? "" : status === "loading" ? "loading…" : statusLabel(status);
+  $("chat-status").dataset.status = status;
+  const active = ACTIVE.has(thread.status);
+  if (open) {
+    const session = current.session;
+    const messages = current.placeholder ? current.placeholder.messages : session.transcript.messages;
+    const blocks = chatBlocks(messages, { timings: session.timings, pending: thread.pending, active });
+    drawMessages($("messages"), blocks, thread.status === "running");
+    drawApprovals($("approvals"), thread.pending, decide);
+    drawComposer(thread, blocks, current.loading);
+    if (focusInputOnDraw) {
+      focusInputOnDraw = false;
+      $("input").focus();
+    }
+  }
+  if (current.problem) showRunError(current.problem);
+  else if (thread.status === "failed") showRunError(`The run failed: ${thread.error || "see the server log"}`, true);
+  else if (thread.stopped && !active) showRunError(`Stopped: ${thread.stopped}.`, false, true);
+  else $("run-error").hidden = true;
+}
+
+function drawComposer(thread, blocks, loading) {
+  const active = ACTIVE.has(thread.status);
+  $("send").hidden = active || loading;
+  $("steer").hidden = !active || loading;
+  $("stop").hidden = !active || loading;
+  $("retry").hidden = active || loading || !blocks.some((b) => b.kind === "user");
+  $("input").placeholder = active ? "Steer the running agent (Enter), or Stop (Esc)" : "Message (Enter to send, Shift+Enter for a new line)";
+}
+
+function showRunError(message, withRetry = false, quiet = false) {
+  const box = $("run-error");
+  box.hidden = false;
+  box.classList.toggle("stopped", quiet);
+  box.querySelector(".run-error-text").textContent = message;
+  box.querySelector(".retry-button").hidden = !withRetry;
+}
+
+function showError(error) {
+  const message = error?.message || String(error);
+  if (current) $("composer-error").textContent = message;
+  else $("feed-state").textContent = message;
+}
+
+// ---- actions --------------------------------------------------------------------------
+
+async function act(action) {
+  $("composer-error").textContent = "";
+  try {
+    await action();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function send() {
+  const input = $("input");
+  const text = input.value.trim();
+  if (!text || !current) return;
+  const thread = info(current.id);
+  const threadId = current.id;
+  await act(async () => {
+    if (ACTIVE.has(thread.status)) await api.steer(threadId, text);
+    else await api.send(threadId, text);
+    input.value = "";
+    resizeInput();
+    if (!thread.title) await api.rename(threadId, titleFrom(text));
+  });
+}
+
+function titleFrom(text) {
+  const line = text.split("\n")[0];
+  return line.length > 60 ? `${line.slice(0, 57)}…` : line;
+}
+
+function stop() {
+  const thread = current && info(current.id);
+  if (!thread || !ACTIVE.has(thread.status) || !thread.runId) return;
+  act(async () => {
+    try {
+      await api.cancel(thread.runId);
+    } catch (error) {
+      if (error.code !== "run_ended") throw error;
+    }
+  });
+}
+
+function retry() {
+  if (!current) return;
+  const threadId = current.id;
+  act(async () => {
+    const accepted = await api.retry(threadId);
+    setRunState(threadId, accepted.run_id, "queued");
+  });
+}
+
+function resizeInput() {
+  const input = $("input");
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight, 192)}px`;
+}
+
+function renameInline() {
+  if (!current) return;
+  const title = $("chat-title");
+  const threadId = current.id;
+  const before = info(threadId).title || "";
+  title.contentEditable = "true";
+  title.textContent = before;
+  title.focus();
+  document.getSelection().selectAllChildren(title);
+  const finish = async (save) => {
+    title.removeEventListener("keydown", onKey);
+    title.removeEventListener("blur", onBlur);
+    title.contentEditable = "false";
+    const after = title.textContent.trim().slice(0, 200);
+    if (save && after !== before) {
+      await act(async () => {
+        const thread = await api.rename(threadId, after || null);
+        info(threadId).title = thread.title;
+      });
+    }
+    redraw();
+  };
+  const onKey = (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      finish(true);
+    } else if (event.key === "Escape") {
+      event.stopPropagation();
+      finish(false);
+    }
+  };
+  const onBlur = () => finish(true);
+  title.addEventListener("keydown", onKey);
+  title.addEventListener("blur", onBlur);
+}
+
+function askForToken(reason) {
+  tokenPrompt ??= new Promise((resolve) => {
+    const dialog = $("token-dialog");
+    $("token-reason").textContent = api.token ? `The saved token was refused (${reason}).` : "Enter the token Tether was started with.";
+    dialog.addEventListener("cancel", (event) => event.preventDefault());
+    $("token-form").addEventListener(
+      "submit",
+      () => {
+        api.token = $("token-input").value.trim();
+        tokenPrompt = null;
+        resolve();
+      },
+      { once: true },
+    );
+    dialog.showModal();
+  });
+  return tokenPrompt;
+}
+
+function route() {
+  const match = location.hash.match(/^#\/t\/([\w-]+)$/);
+  openThread(match ? match[1] : null);
+}
+
+function wire() {
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  $("steer").addEventListener("click", send);
+  $("stop").addEventListener("click", stop);
+  $("retry").addEventListener("click", retry);
+  $("run-error").querySelector(".retry-button").addEventListener("click", retry);
+  $("input").addEventListener("input", resizeInput);
+  $("input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send();
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !$("token-dialog").open) stop();
+  });
+  $("new-thread").addEventListener("click", () =>
+    act(async () => {
+      const thread = await api.createThread();
+      info(thread.id).title = thread.title;
+      toTop(thread.id);
+      location.hash = `#/t/${thread.id}`;
+      focusInputOnDraw = true;
+    }),
+  );
+  $("delete-thread").addEventListener("click", () => {
+    if (!current) return;
+    const threadId = current.id;
+    if (!confirm(`Delete "${info(threadId).title || "Untitled"}" and its whole history?`)) return;
+    act(async () => {
+      await api.remove(threadId);
+      threads.delete(threadId);
+      ThreadSession.forget(threadId);
+      location.hash = "";
+    });
+  });
+  $("chat-title").addEventListener("click", renameInline);
+  $("chat-title").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !$("chat-title").isContentEditable) renameInline();
+  });
+  $("show-threads").addEventListener("click", () => $("app").classList.toggle("threads-open"));
+  window.addEventListener("hashchange", route);
+  window.addEventListener("pagehide", () => current?.session?.save());
+  window.addEventListener("unhandledrejection", (event) => showError(event.reason));
+}
+
+wire();
+route();
+followFeed();

@@ -1,0 +1,187 @@
+// Drawing: the thread list, the messages with their tool cards, and the approval panel.
+//
+// Each function takes plain data and updates the DOM in place, touching only what changed, so a
+// message that streams in word by word does not redraw the chat, and an open tool card or a
+// half-typed denial reason survives the next event.
+
+import { renderMarkdown } from "./markdown.js";
+
+/** @param {HTMLElement} list @param {object[]} threads newest first @param {string|null} currentId */
+export function drawThreadList(list, threads, currentId) {
+  const items = threads.map((thread) => {
+    let li = list.querySelector(`li[data-thread-id="${thread.id}"]`);
+    if (!li) {
+      li = document.createElement("li");
+      li.dataset.threadId = thread.id;
+      li.innerHTML = `<a><span class="dot"></span><span class="title"></span></a>`;
+    }
+    const link = li.firstElementChild;
+    link.href = `#/t/${thread.id}`;
+    if (thread.id === currentId) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+    link.title = statusLabel(thread.status);
+    li.querySelector(".dot").dataset.status = thread.status;
+    li.dataset.status = thread.status;
+    li.querySelector(".title").textContent = thread.title || "Untitled";
+    return li;
+  });
+  list.replaceChildren(...items);
+}
+
+export function statusLabel(status) {
+  return { queued: "queued", running: "running", awaiting_approval: "waiting for approval", failed: "failed" }[status] || "idle";
+}
+
+/**
+ * @param {HTMLOListElement} list
+ * @param {object[]} blocks from chatBlocks()
+ * @param {boolean} streaming whether the last assistant message is still being written
+ */
+export function drawMessages(list, blocks, streaming) {
+  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  const old = new Map([...list.children].map((li) => [li.dataset.key, li]));
+  const lastAssistant = blocks.findLastIndex((b) => b.kind === "assistant");
+  let previous = null;
+  blocks.forEach((block, index) => {
+    const key = `${block.kind}:${block.id}`;
+    let li = old.get(key);
+    old.delete(key);
+    if (!li) {
+      li = document.createElement("li");
+      li.dataset.key = key;
+      li.dataset.role = block.kind;
+      li.className = `message ${block.kind}`;
+    }
+    li.classList.toggle("streaming", streaming && index === lastAssistant && index === blocks.length - 1);
+    if (block.kind === "user") drawUser(li, block);
+    else drawAssistant(li, block);
+    const expected = previous ? previous.nextSibling : list.firstChild;
+    if (expected !== li) list.insertBefore(li, expected);
+    previous = li;
+  });
+  for (const li of old.values()) li.remove();
+  if (nearBottom) list.scrollTop = list.scrollHeight;
+}
+
+function drawUser(li, block) {
+  if (li.dataset.text === block.text) return;
+  li.dataset.text = block.text;
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  bubble.textContent = block.text; // a user's words are shown as typed, never as HTML
+  li.replaceChildren(bubble);
+}
+
+function drawAssistant(li, block) {
+  let text = li.querySelector(":scope > .text");
+  if (!text) {
+    text = document.createElement("div");
+    text.className = "text";
+    li.prepend(text);
+  }
+  if (text.dataset.source !== block.text) {
+    text.innerHTML = renderMarkdown(block.text);
+    text.dataset.source = block.text;
+  }
+  text.hidden = !block.text;
+  const cards = new Map([...li.querySelectorAll(":scope > .tool")].map((card) => [card.dataset.callId, card]));
+  for (const call of block.calls) {
+    let card = cards.get(call.id);
+    cards.delete(call.id);
+    if (!card) {
+      card = toolCard(call.id);
+      li.append(card);
+    }
+    drawToolCard(card, call);
+  }
+  for (const card of cards.values()) card.remove();
+}
+
+function toolCard(callId) {
+  const card = document.createElement("details");
+  card.className = "tool";
+  card.dataset.callId = callId;
+  card.dataset.testid = "tool-card";
+  card.innerHTML = `<summary><span class="name"></span><span class="args"></span><span class="duration"></span><span class="state"></span></summary><pre class="result"></pre>`;
+  return card;
+}
+
+function drawToolCard(card, call) {
+  card.dataset.status = call.status;
+  card.querySelector(".name").textContent = call.name;
+  card.querySelector(".args").textContent = compactArgs(call.args);
+  card.querySelector(".args").title = call.args;
+  card.querySelector(".state").textContent = call.status;
+  card.querySelector(".duration").textContent = call.durationMs === null ? "" : formatDuration(call.durationMs);
+  card.querySelector(".result").textContent = call.result ?? "No result yet.";
+}
+
+function compactArgs(args) {
+  try {
+    return JSON.stringify(JSON.parse(args || "{}"));
+  } catch {
+    return args;
+  }
+}
+
+function formatDuration(ms) {
+  return ms < 1000 ? `${Math.max(0, Math.round(ms))} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/**
+ * The approval panel: one row per pending call, each decided on its own.
+ *
+ * @param {HTMLElement} panel
+ * @param {object[]} pending [{toolCallId, toolName, args, decision}]
+ * @param {(call: object, decision: object) => void} onDecide
+ */
+export function drawApprovals(panel, pending, onDecide) {
+  const signature = JSON.stringify(pending);
+  if (panel.dataset.signature === signature) return;
+  panel.dataset.signature = signature;
+  panel.hidden = pending.length === 0;
+  const heading = document.createElement("h2");
+  heading.textContent = pending.length > 1 ? `${pending.length} tool calls wait for your approval` : "A tool call waits for your approval";
+  panel.replaceChildren(heading, ...pending.map((call) => approvalRow(call, onDecide)));
+}
+
+function approvalRow(call, onDecide) {
+  const row = document.createElement("div");
+  row.className = "approval";
+  row.dataset.toolCallId = call.toolCallId;
+  row.dataset.testid = "approval";
+  const what = document.createElement("code");
+  what.textContent = `${call.toolName}(${JSON.stringify(call.args)})`;
+  row.append(what);
+  if (call.decision) {
+    const decided = document.createElement("span");
+    decided.className = "decided";
+    decided.textContent = call.decision.approved ? "Approved; waiting for the other calls." : "Denied; waiting for the other calls.";
+    row.append(decided);
+    return row;
+  }
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  actions.innerHTML = `
+    <input type="text" class="reason" placeholder="Reason (optional, told to the agent on a denial)" aria-label="Reason for a denial">
+    <label><input type="checkbox" class="remember"> Always allow <span class="tool-name"></span> in this thread</label>
+    <button type="button" class="primary approve">Approve</button>
+    <button type="button" class="danger deny">Deny</button>
+    <span class="error" role="alert"></span>`;
+  actions.querySelector(".tool-name").textContent = call.toolName;
+  const decide = (approved) => {
+    const decision = { approved };
+    const reason = actions.querySelector(".reason").value.trim();
+    if (!approved && reason) decision.reason = reason;
+    if (approved && actions.querySelector(".remember").checked) decision.remember = true;
+    for (const button of actions.querySelectorAll("button")) button.disabled = true;
+    onDecide(call, decision, (message) => {
+      actions.querySelector(".error").textContent = message;
+      for (const button of actions.querySelectorAll("button")) button.disabled = false;
+    });
+  };
+  actions.querySelector(".approve").addEventListener("click", () => decide(true));
+  actions.querySelector(".deny").addEventListener("click", () => decide(false));
+  row.append(actions);
+  return row;
+}

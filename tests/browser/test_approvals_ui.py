@@ -1,0 +1,142 @@
+"""Approvals in the browser: the dialog comes from the server's state, so it survives reloads,
+other tabs and server restarts, and a decision in one tab shows in every other."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+import pytest
+from playwright.async_api import expect
+
+from tether.client import TetherClient
+
+from ..conftest import notes, tool_log
+from .ui import ChatPage, settled_runs
+
+
+async def pause_on_approval(chat: ChatPage, text: str = "hello") -> None:
+    await chat.send(f"/approve {text}")
+    await expect(chat.approval()).to_contain_text(f'write_note({{"text":"{text}"}})')
+    await expect(chat.page.locator(".tool[data-status='awaiting approval']")).to_have_count(1)
+    await expect(chat.page.locator("#thread-list li[data-status=awaiting_approval]")).to_have_count(1)
+
+
+async def decide(chat: ChatPage, approved: bool, reason: str = "") -> None:
+    row = chat.approval()
+    if reason:
+        await row.locator("input.reason").fill(reason)
+    await row.get_by_role("button", name="Approve" if approved else "Deny").click()
+    await expect(chat.page.locator("#approvals")).to_be_hidden()
+
+
+@pytest.mark.parametrize("approved", [True, False], ids=["approve", "deny"])
+async def test_the_approval_dialog_survives_a_reload(server, context, approved):
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await pause_on_approval(chat)
+    await chat.page.reload()
+    await expect(chat.approval()).to_contain_text("write_note")
+    await decide(chat, approved, reason="" if approved else "not today")
+    await settled_runs(server.url, chat.thread_id, 1)
+    if approved:
+        await chat.assert_last_answer("write_note says: saved the note 'hello'")
+        await expect(chat.page.locator(".tool[data-status=done]")).to_have_count(1)
+        assert notes(server.settings.data_dir) == ["hello"]
+        assert len(tool_log(server.settings.data_dir)) == 1
+    else:
+        await expect(chat.page.locator(".tool[data-status=denied]")).to_have_count(1)
+        assert "not today" in await chat.last_assistant_text()
+        assert notes(server.settings.data_dir) == []
+        assert tool_log(server.settings.data_dir) == []
+    async with TetherClient(server.url) as client:
+        await chat.assert_shows((await client.get_thread(chat.thread_id))["messages"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_the_approval_dialog_survives_a_server_restart(tether_process, context, sig):
+    # The page keeps its origin across the restart only if the server comes back on the same port.
+    port = str(free_port())
+    server = tether_process("--port", port).start()
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await pause_on_approval(chat, "after restart")
+    server.stop(sig)
+    await expect(chat.page.locator("#stream-state")).to_have_text("Reconnecting…")
+    restarted = tether_process("--port", port, data_dir=server.data_dir).start()
+    await expect(chat.page.locator("#stream-state")).to_have_text("", timeout=15_000)
+    await expect(chat.approval()).to_contain_text("after restart")
+    await chat.page.reload()
+    await expect(chat.approval()).to_contain_text("after restart")
+    await decide(chat, approved=True)
+    await settled_runs(restarted.url, chat.thread_id, 1)
+    await chat.assert_last_answer("write_note says: saved the note 'after restart'")
+    assert notes(server.data_dir) == ["after restart"]
+    assert len(tool_log(server.data_dir)) == 1
+
+
+async def test_two_tabs_share_runs_and_decisions(server, context):
+    first = ChatPage(await context.new_page(), server.url)
+    await first.open()
+    thread_id = await first.new_thread()
+    second = await ChatPage(await context.new_page(), server.url).open(thread_id)
+
+    # A run started in one tab streams in the other.
+    await first.send("/stream 30 ms=20")
+    await expect(second.page.locator("#chat-status")).to_have_text("running")
+    await second.assert_last_answer(" ".join(f"w{i}" for i in range(1, 31)))
+
+    # The approval shows in both; deciding in one clears it in the other.
+    await pause_on_approval(first, "together")
+    await expect(second.approval()).to_contain_text("together")
+    await decide(second, approved=True)
+    await expect(first.page.locator("#approvals")).to_be_hidden()
+    await first.assert_last_answer("write_note says: saved the note 'together'")
+    assert notes(server.settings.data_dir) == ["together"]
+    assert await first.messages() == await second.messages()
+
+
+async def test_several_pending_calls_are_decided_one_by_one(start_server, context):
+    server = start_server(agent="tests.agents:two_approvals")
+    chat = ChatPage(await context.new_page(), server.url)
+    other = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    thread_id = await chat.new_thread()
+    await other.open(thread_id)
+    await chat.send("delete both")
+    await expect(chat.page.locator("[data-testid=approval]")).to_have_count(2)
+    await chat.approval(0).get_by_role("button", name="Approve").click()
+    # The first decision is kept while the run waits for the second, here and in the other tab.
+    await expect(chat.approval(0)).to_contain_text("Approved; waiting for the other calls.")
+    await expect(other.approval(0)).to_contain_text("Approved; waiting for the other calls.")
+    await other.approval(1).locator("input.reason").fill("keep b")
+    await other.approval(1).get_by_role("button", name="Deny").click()
+    await expect(chat.page.locator("#approvals")).to_be_hidden()
+    await settled_runs(server.url, thread_id, 1)
+    await chat.assert_last_answer(
+        "call_a: deleted a.txt | call_b: The user denied this tool call: keep b",
+    )
+    await expect(chat.page.locator(".tool[data-status=denied]")).to_have_count(1)
+    await expect(chat.page.locator(".tool[data-status=done]")).to_have_count(1)
+
+
+async def test_always_allow_skips_the_dialog_next_time(server, context):
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await pause_on_approval(chat, "first")
+    await chat.approval().locator("input.remember").check()
+    await decide(chat, approved=True)
+    await settled_runs(server.url, chat.thread_id, 1)
+    await chat.send("/approve second")
+    await settled_runs(server.url, chat.thread_id, 2)
+    await chat.assert_last_answer("write_note says: saved the note 'second'")
+    assert notes(server.settings.data_dir) == ["first", "second"]

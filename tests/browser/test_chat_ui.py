@@ -1,0 +1,157 @@
+"""The chat in a real browser: streaming through reloads and network loss, steer, stop, retry."""
+
+from __future__ import annotations
+
+import asyncio
+
+from playwright.async_api import expect
+
+from tether.client import TetherClient
+
+from .ui import ChatPage, settled_runs
+
+WORDS_400 = " ".join(f"w{i}" for i in range(1, 401))
+
+
+def assert_prefix_of(text: str, full: str) -> None:
+    """`text` is the start of `full` word for word: nothing missing, nothing doubled."""
+    words = text.split()
+    assert words == full.split()[: len(words)], text
+
+
+async def test_reloads_mid_stream_lose_and_double_no_word(server, context):
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await chat.send("/stream 400 ms=5")
+    reloaded_while_running = 0
+    async with TetherClient(server.url) as client:
+        for _ in range(3):
+            seen = await chat.last_assistant_text()
+            await chat.page.wait_for_function(
+                "n => (document.querySelector('#messages > li.assistant:last-child .text')?.innerText || '')"
+                ".split(/\\s+/).filter(Boolean).length > n",
+                arg=len(seen.split()) + 20,
+            )
+            before = await chat.last_assistant_text()
+            thread = await client.get_thread(chat.thread_id)
+            reloaded_while_running += thread["status"] == "running"
+            await chat.page.reload(wait_until="commit")
+            # The chat is drawn from this tab's saved state before the stream resumes: no empty flash.
+            first_drawn = await chat.page.locator("#messages > li.assistant .text").first.inner_text()
+            assert len(first_drawn.split()) >= len(before.split())
+            assert_prefix_of(first_drawn, WORDS_400)
+        await chat.wait_until_idle()
+        await chat.assert_last_answer(WORDS_400)
+        stored = await client.get_thread(chat.thread_id)
+    assert reloaded_while_running >= 1
+    await chat.assert_shows(stored["messages"])
+
+
+async def test_network_loss_mid_stream_resumes_exactly(server, context):
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await chat.send("/stream 400 ms=5")
+    await chat.page.wait_for_function(
+        "(document.querySelector('#messages > li.assistant .text')?.innerText || '').length > 40"
+    )
+    await context.set_offline(True)
+    await expect(chat.page.locator("#stream-state")).to_have_text("Reconnecting…")
+    await asyncio.sleep(2)
+    assert_prefix_of(await chat.last_assistant_text(), WORDS_400)
+    await context.set_offline(False)
+    await expect(chat.page.locator("#stream-state")).to_have_text("", timeout=10_000)
+    await chat.wait_until_idle()
+    await chat.assert_last_answer(WORDS_400)
+
+
+async def test_a_new_tab_mid_stream_shows_the_partial_answer_then_the_rest(server, context):
+    first = ChatPage(await context.new_page(), server.url)
+    await first.open()
+    thread_id = await first.new_thread()
+    await first.send("/stream 400 ms=5")
+    await first.page.wait_for_function(
+        "(document.querySelector('#messages > li.assistant .text')?.innerText || '').length > 60"
+    )
+    # A tab with no saved state folds the thread's log from the start.
+    second = await ChatPage(await context.new_page(), server.url).open(thread_id)
+    await second.wait_until_idle()
+    await second.assert_last_answer(WORDS_400)
+    assert await second.messages() == await first.messages()
+
+
+async def test_steer_from_the_ui_lands_between_steps(server, context):
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await chat.send("/steps 5 ms=300")
+    await chat.page.wait_for_selector(".tool[data-status=done]")
+    await expect(chat.page.locator("#steer")).to_be_visible()
+    await chat.page.fill("#input", "please also say goodbye")
+    await chat.page.click("#steer")
+    await chat.wait_until_idle()
+    async with TetherClient(server.url) as client:
+        stored = await client.get_thread(chat.thread_id)
+    rendered = await chat.assert_shows(stored["messages"])
+    users = [text for role, text, _ in rendered if role == "user"]
+    assert users == ["/steps 5 ms=300", "please also say goodbye"]
+    steer_at = next(i for i, m in enumerate(rendered) if m[1] == "please also say goodbye")
+    # Completed steps stay; the demo model then answers the steering message instead of going on.
+    assert 1 <= sum(len(m[2]) for m in rendered[:steer_at]) < 5
+    assert "please also say goodbye" in rendered[-1][1]
+
+
+async def test_stop_ends_the_run_and_keeps_what_the_server_keeps(server, context):
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await chat.send("/stream 5000 ms=2")
+    await chat.page.wait_for_function(
+        "(document.querySelector('#messages > li.assistant .text')?.innerText || '').length > 30"
+    )
+    await chat.page.keyboard.press("Escape")
+    await chat.wait_until_idle()
+    await expect(chat.page.locator("#run-error")).to_contain_text("Stopped: cancelled by request")
+    async with TetherClient(server.url) as client:
+        [run] = await client.list_runs(chat.thread_id)
+        stored = await client.get_thread(chat.thread_id)
+    assert run["status"] == "cancelled"
+    rendered = await chat.assert_shows(stored["messages"])
+    assert 0 < len(rendered[-1][1].split()) < 5000
+
+
+async def test_retry_replaces_the_answer(server, context):
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await chat.send("/tools 2")
+    await chat.wait_until_idle()
+    await chat.page.click("#retry")
+    runs = await settled_runs(server.url, chat.thread_id, 2)
+    await chat.wait_until_idle()
+    async with TetherClient(server.url) as client:
+        stored = await client.get_thread(chat.thread_id)
+    assert [r["status"] for r in runs] == ["completed", "completed"] and runs[1]["retry_of"] == runs[0]["id"]
+    rendered = await chat.assert_shows(stored["messages"])
+    assert [role for role, _, _ in rendered] == ["user", "assistant", "assistant"]
+    assert {call_id for m in stored["messages"] for call_id in [c["id"] for c in m.get("toolCalls", [])]} == {
+        card for card in await chat.page.locator(".tool").evaluate_all("cards => cards.map(c => c.dataset.callId)")
+    }
+
+
+async def test_a_failed_run_shows_its_reason_and_retries(server, context):
+    chat = ChatPage(await context.new_page(), server.url)
+    await chat.open()
+    await chat.new_thread()
+    await chat.send("/fail")
+    error = chat.page.locator("#run-error")
+    await expect(error).to_contain_text("The run failed")
+    await expect(error).to_contain_text("demo model failed")
+    await chat.page.reload()
+    await expect(error).to_contain_text("demo model failed")
+    await expect(chat.page.locator("#thread-list li[data-status=failed]")).to_have_count(1)
+    await error.get_by_role("button", name="Retry").click()
+    runs = await settled_runs(server.url, chat.thread_id, 2)
+    assert [r["status"] for r in runs] == ["failed", "failed"] and runs[1]["retry_of"] == runs[0]["id"]
+    await expect(error).to_contain_text("demo model failed")

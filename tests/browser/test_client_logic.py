@@ -1,0 +1,146 @@
+"""The UI's client logic (fold.js, sse.js, session.js) run in the browser, checked against the
+server: folding a real thread's log in JavaScript renders what the server stores (invariant 3),
+exactly as the reference fold in tether/transcript.py does."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tether.client import TetherClient
+from tether.transcript import comparable, fold
+
+from ..conftest import thread_events, wait_for_status
+from .ui import settled_runs
+
+FOLD_IN_JS = """async (events) => {
+  const { fold } = await import('/ui/js/fold.js');
+  return fold(events);
+}"""
+
+
+async def build_threads(client: TetherClient, url: str) -> list[str]:
+    """Threads that exercise every kind of event: text, tools, approvals, steer, retry, cancel, failure."""
+    ids = []
+
+    async def thread(*inputs: str) -> str:
+        created = await client.create_thread()
+        for text in inputs:
+            run = await client.send(created["id"], text, multitask="enqueue")
+            await wait_for_status(client, run["run_id"], {"completed", "failed", "awaiting_approval"})
+        ids.append(created["id"])
+        return created["id"]
+
+    await thread("/stream 20", "/tools 3", "/steps 2", "plain words")
+    for approved in (True, False):
+        paused = await thread("/approve note")
+        [run] = await client.list_runs(paused)
+        [call] = run["pending_approvals"]
+        await client.decide(run["id"], {call["tool_call_id"]: {"approved": approved, "reason": "no"}})
+        await settled_runs(url, paused, 1)
+    retried = await thread("/tools 2")
+    await client.retry(retried)
+    await settled_runs(url, retried, 2)
+    await thread("/fail")
+
+    cancelled = await client.create_thread()
+    run = await client.send(cancelled["id"], "/stream 5000 ms=2")
+    await wait_for_status(client, run["run_id"], {"running"})
+    await client.cancel(run["run_id"])
+    await client.send(cancelled["id"], "/steps 3 ms=100")
+    runs = await client.list_runs(cancelled["id"])
+    await wait_for_status(client, runs[-1]["id"], {"running"})
+    await client.steer(cancelled["id"], "change of plan")
+    await client.send(cancelled["id"], "/stream 3000 ms=2", multitask="interrupt")
+    await settled_runs(url, cancelled["id"], 3)
+    ids.append(cancelled["id"])
+    return ids
+
+
+async def test_fold_js_renders_what_the_server_stores(server, context):
+    page = await context.new_page()
+    await page.goto(server.url)
+    async with TetherClient(server.url) as client:
+        for thread_id in await build_threads(client, server.url):
+            events = await thread_events(client, thread_id)
+            stored = (await client.get_thread(thread_id))["messages"]
+            in_js = await page.evaluate(FOLD_IN_JS, events)
+            assert comparable(in_js) == comparable(fold(events)) == comparable(stored), thread_id
+            # Folding on top of a stored history, as a reloaded tab does, gives the same.
+            half = len(events) // 2
+            resumed = await page.evaluate(
+                """async ([start, rest]) => {
+                  const { Transcript } = await import('/ui/js/fold.js');
+                  const t = new Transcript(start);
+                  for (const e of rest) t.apply(e);
+                  return t.messages;
+                }""",
+                [fold(events[:half]), events[half:]],
+            )
+            assert comparable(resumed) == comparable(stored), thread_id
+
+
+async def test_the_frame_parser_survives_any_chunking(server, context):
+    page = await context.new_page()
+    await page.goto(server.url)
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/tools 2")
+        await wait_for_status(client, run["run_id"], {"completed"})
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        raw = (await http.get(f"/v1/runs/{run['run_id']}/stream")).text
+    expected = [
+        {"id": block.split("\n")[0].removeprefix("id: "), "data": block.split("\n")[1].removeprefix("data: ")}
+        for block in raw.strip().split("\n\n")
+    ]
+    for newline in ("\n", "\r\n"):
+        for size in (1, 2, 3, 7, 64, len(raw)):
+            parsed = await page.evaluate(
+                """async ([text, size]) => {
+                  const { FrameParser } = await import('/ui/js/sse.js');
+                  const parser = new FrameParser();
+                  const frames = [];
+                  for (let i = 0; i < text.length; i += size) frames.push(...parser.push(text.slice(i, i + size)));
+                  return frames;
+                }""",
+                [raw.replace("\n", newline) + ": keep-alive" + newline * 2, size],
+            )
+            assert parsed == [*expected, {"comment": "keep-alive"}], (newline, size)
+    assert [json.loads(f["data"])["type"] for f in expected][-1] == "RUN_FINISHED"
+
+
+async def test_tool_cards_get_their_status_from_results_and_pending_calls(server, context):
+    page = await context.new_page()
+    await page.goto(server.url)
+    messages = [
+        {"id": "u", "role": "user", "content": "go"},
+        {
+            "id": "a",
+            "role": "assistant",
+            "content": "",
+            "toolCalls": [
+                {"id": c, "type": "function", "function": {"name": "t", "arguments": "{}"}}
+                for c in ("done", "denied", "unknown", "waiting", "running")
+            ],
+        },
+        {"id": "r1", "role": "tool", "toolCallId": "done", "content": "ok"},
+        {"id": "r2", "role": "tool", "toolCallId": "denied", "content": "The user denied this tool call: no"},
+        {"id": "r3", "role": "tool", "toolCallId": "unknown", "content": "The outcome of this tool call is unknown: …"},
+    ]
+    statuses = await page.evaluate(
+        """async ([messages, active]) => {
+          const { chatBlocks } = await import('/ui/js/session.js');
+          const pending = [{toolCallId: 'waiting', toolName: 't', args: {}, decision: null}];
+          const timings = {done: {start: 1000, end: 1250}};
+          return chatBlocks(messages, {pending, active, timings})[1].calls.map(c => [c.id, c.status, c.durationMs]);
+        }""",
+        [messages, True],
+    )
+    assert statuses == [
+        ["done", "done", 250],
+        ["denied", "denied", None],
+        ["unknown", "unknown", None],
+        ["waiting", "awaiting approval", None],
+        ["running", "running", None],
+    ]
