@@ -101,7 +101,10 @@ async def test_two_tabs_share_runs_and_decisions(server, context):
     await expect(first.page.locator("#approvals")).to_be_hidden()
     await first.assert_last_answer("write_note says: saved the note 'together'")
     assert notes(server.settings.data_dir) == ["together"]
-    assert await first.messages() == await second.messages()
+    async with TetherClient(server.url) as client:
+        stored = (await client.get_thread(thread_id))["messages"]
+    await first.assert_shows(stored)
+    await second.assert_shows(stored)
 
 
 async def test_several_pending_calls_are_decided_one_by_one(start_server, context):

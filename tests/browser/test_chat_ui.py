@@ -78,7 +78,10 @@ async def test_a_new_tab_mid_stream_shows_the_partial_answer_then_the_rest(serve
     second = await ChatPage(await context.new_page(), server.url).open(thread_id)
     await second.wait_until_idle()
     await second.assert_last_answer(WORDS_400)
-    assert await second.messages() == await first.messages()
+    async with TetherClient(server.url) as client:
+        stored = (await client.get_thread(thread_id))["messages"]
+    await second.assert_shows(stored)
+    await first.assert_shows(stored)
 
 
 async def test_steer_from_the_ui_lands_between_steps(server, context):
