@@ -12,7 +12,7 @@ from playwright.async_api import expect
 from tether.client import TetherClient
 
 from ..conftest import notes, tool_log
-from .ui import ChatPage, settled_runs
+from .ui import ChatPage, new_chat, settled_runs
 
 
 async def pause_on_approval(chat: ChatPage, text: str = "hello") -> None:
@@ -32,9 +32,7 @@ async def decide(chat: ChatPage, approved: bool, reason: str = "") -> None:
 
 @pytest.mark.parametrize("approved", [True, False], ids=["approve", "deny"])
 async def test_the_approval_dialog_survives_a_reload(server, context, approved):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
+    chat = await new_chat(context, server.url)
     await pause_on_approval(chat)
     await chat.page.reload()
     await expect(chat.approval()).to_contain_text("write_note")
@@ -65,9 +63,7 @@ async def test_the_approval_dialog_survives_a_server_restart(tether_process, con
     # The page keeps its origin across the restart only if the server comes back on the same port.
     port = str(free_port())
     server = tether_process("--port", port).start()
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
+    chat = await new_chat(context, server.url)
     await pause_on_approval(chat, "after restart")
     server.stop(sig)
     await expect(chat.page.locator("#stream-state")).to_have_text("Reconnecting…")
@@ -84,9 +80,8 @@ async def test_the_approval_dialog_survives_a_server_restart(tether_process, con
 
 
 async def test_two_tabs_share_runs_and_decisions(server, context):
-    first = ChatPage(await context.new_page(), server.url)
-    await first.open()
-    thread_id = await first.new_thread()
+    first = await new_chat(context, server.url)
+    thread_id = first.thread_id
     second = await ChatPage(await context.new_page(), server.url).open(thread_id)
 
     # A run started in one tab streams in the other.
@@ -109,11 +104,9 @@ async def test_two_tabs_share_runs_and_decisions(server, context):
 
 async def test_several_pending_calls_are_decided_one_by_one(start_server, context):
     server = start_server(agent="tests.agents:two_approvals")
-    chat = ChatPage(await context.new_page(), server.url)
-    other = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    thread_id = await chat.new_thread()
-    await other.open(thread_id)
+    chat = await new_chat(context, server.url)
+    thread_id = chat.thread_id
+    other = await ChatPage(await context.new_page(), server.url).open(thread_id)
     await chat.send("delete both")
     await expect(chat.page.locator("[data-testid=approval]")).to_have_count(2)
     await chat.approval(0).get_by_role("button", name="Approve").click()
@@ -132,9 +125,7 @@ async def test_several_pending_calls_are_decided_one_by_one(start_server, contex
 
 
 async def test_always_allow_skips_the_dialog_next_time(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
+    chat = await new_chat(context, server.url)
     await pause_on_approval(chat, "first")
     await chat.approval().locator("input.remember").check()
     await decide(chat, approved=True)

@@ -8,7 +8,7 @@ from playwright.async_api import expect
 
 from tether.client import TetherClient
 
-from .ui import ChatPage, settled_runs
+from .ui import ChatPage, new_chat, settled_runs
 
 WORDS_400 = " ".join(f"w{i}" for i in range(1, 401))
 
@@ -20,10 +20,7 @@ def assert_prefix_of(text: str, full: str) -> None:
 
 
 async def test_reloads_mid_stream_lose_and_double_no_word(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
-    await chat.send("/stream 400 ms=5")
+    chat = await new_chat(context, server.url, "/stream 400 ms=5")
     reloaded_while_running = 0
     async with TetherClient(server.url) as client:
         for _ in range(3):
@@ -49,13 +46,8 @@ async def test_reloads_mid_stream_lose_and_double_no_word(server, context):
 
 
 async def test_network_loss_mid_stream_resumes_exactly(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
-    await chat.send("/stream 400 ms=5")
-    await chat.page.wait_for_function(
-        "(document.querySelector('#messages > li.assistant .text')?.innerText || '').length > 40"
-    )
+    chat = await new_chat(context, server.url, "/stream 400 ms=5")
+    await chat.wait_for_answer_longer_than(40)
     await context.set_offline(True)
     await expect(chat.page.locator("#stream-state")).to_have_text("Reconnecting…")
     await asyncio.sleep(2)
@@ -67,13 +59,10 @@ async def test_network_loss_mid_stream_resumes_exactly(server, context):
 
 
 async def test_a_new_tab_mid_stream_shows_the_partial_answer_then_the_rest(server, context):
-    first = ChatPage(await context.new_page(), server.url)
-    await first.open()
-    thread_id = await first.new_thread()
+    first = await new_chat(context, server.url)
+    thread_id = first.thread_id
     await first.send("/stream 400 ms=5")
-    await first.page.wait_for_function(
-        "(document.querySelector('#messages > li.assistant .text')?.innerText || '').length > 60"
-    )
+    await first.wait_for_answer_longer_than(60)
     # A tab with no saved state folds the thread's log from the start.
     second = await ChatPage(await context.new_page(), server.url).open(thread_id)
     await second.wait_until_idle()
@@ -85,10 +74,7 @@ async def test_a_new_tab_mid_stream_shows_the_partial_answer_then_the_rest(serve
 
 
 async def test_steer_from_the_ui_lands_between_steps(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
-    await chat.send("/steps 5 ms=300")
+    chat = await new_chat(context, server.url, "/steps 5 ms=300")
     await chat.page.wait_for_selector(".tool[data-status=done]")
     await expect(chat.page.locator("#steer")).to_be_visible()
     await chat.page.fill("#input", "please also say goodbye")
@@ -106,13 +92,8 @@ async def test_steer_from_the_ui_lands_between_steps(server, context):
 
 
 async def test_stop_ends_the_run_and_keeps_what_the_server_keeps(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
-    await chat.send("/stream 5000 ms=2")
-    await chat.page.wait_for_function(
-        "(document.querySelector('#messages > li.assistant .text')?.innerText || '').length > 30"
-    )
+    chat = await new_chat(context, server.url, "/stream 5000 ms=2")
+    await chat.wait_for_answer_longer_than(30)
     await chat.page.keyboard.press("Escape")
     await chat.wait_until_idle()
     await expect(chat.page.locator("#run-error")).to_contain_text("Stopped: cancelled by request")
@@ -125,10 +106,7 @@ async def test_stop_ends_the_run_and_keeps_what_the_server_keeps(server, context
 
 
 async def test_retry_replaces_the_answer(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
-    await chat.send("/tools 2")
+    chat = await new_chat(context, server.url, "/tools 2")
     await chat.wait_until_idle()
     await chat.page.click("#retry")
     runs = await settled_runs(server.url, chat.thread_id, 2)
@@ -144,10 +122,7 @@ async def test_retry_replaces_the_answer(server, context):
 
 
 async def test_a_failed_run_shows_its_reason_and_retries(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
-    await chat.send("/fail")
+    chat = await new_chat(context, server.url, "/fail")
     error = chat.page.locator("#run-error")
     await expect(error).to_contain_text("The run failed")
     await expect(error).to_contain_text("demo model failed")

@@ -9,7 +9,7 @@ from playwright.async_api import expect
 
 from tether.client import TetherClient
 
-from .ui import ChatPage, settled_runs
+from .ui import ChatPage, new_chat, settled_runs
 
 
 async def test_the_thread_list_follows_the_api_live(server, context):
@@ -50,10 +50,7 @@ async def test_the_thread_list_follows_the_api_live(server, context):
 
 
 async def test_the_first_message_names_a_new_thread(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
-    await chat.send("/tools 1")
+    chat = await new_chat(context, server.url, "/tools 1")
     await expect(chat.page.locator("#chat-title")).to_have_text("/tools 1")
     async with TetherClient(server.url) as client:
         assert (await client.get_thread(chat.thread_id))["title"] == "/tools 1"
@@ -61,15 +58,13 @@ async def test_the_first_message_names_a_new_thread(server, context):
 
 HOSTILE = (
     'hi <img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script> '
-    "[click me](javascript:window.__pwned=3) <a href=\"javascript:window.__pwned=4\">or me</a> "
+    '[click me](javascript:window.__pwned=3) <a href="javascript:window.__pwned=4">or me</a> '
     '<svg onload="window.__pwned=5"></svg> <iframe src="javascript:window.__pwned=6"></iframe>'
 )
 
 
 async def test_a_hostile_reply_runs_nothing(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
+    chat = await new_chat(context, server.url)
     await chat.send(HOSTILE)  # the demo agent quotes the message back, as its own (Markdown) reply
     await settled_runs(server.url, chat.thread_id, 1)
     await expect(chat.page.locator("#messages li.assistant .text")).to_contain_text("You said")
@@ -86,10 +81,7 @@ async def test_a_hostile_reply_runs_nothing(server, context):
 
 
 async def test_markdown_is_rendered(server, context):
-    chat = ChatPage(await context.new_page(), server.url)
-    await chat.open()
-    await chat.new_thread()
-    await chat.send("**bold** `code` [a link](https://example.org/)")
+    chat = await new_chat(context, server.url, "**bold** `code` [a link](https://example.org/)")
     answer = chat.page.locator("#messages li.assistant .text")
     await expect(answer.locator("strong")).to_have_text("bold")
     await expect(answer.locator("code")).to_have_text("code")

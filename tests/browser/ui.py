@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import BrowserContext, Locator, Page, expect
 
 from tether.client import TetherClient
 
@@ -81,6 +81,13 @@ class ChatPage:
         items = await self.page.evaluate(_READ_MESSAGES)
         return [(i["role"], _squash(i["text"]), sorted((n, _squash(r)) for n, r in i["tools"])) for i in items]
 
+    async def wait_for_answer_longer_than(self, characters: int) -> None:
+        """Until the first assistant message has streamed more than this many characters."""
+        await self.page.wait_for_function(
+            "n => (document.querySelector('#messages > li.assistant .text')?.innerText || '').length > n",
+            arg=characters,
+        )
+
     async def assert_shows(self, messages: list[dict[str, Any]]) -> Rendered:
         """The chat comes to show exactly this stored history (the feed may say "idle" a moment
         before the stream's last events are drawn, so this waits for them)."""
@@ -104,6 +111,15 @@ class ChatPage:
 
     def approval(self, index: int = 0) -> Locator:
         return self.page.locator("[data-testid=approval]").nth(index)
+
+
+async def new_chat(context: BrowserContext, base_url: str, message: str | None = None) -> ChatPage:
+    """A new tab on the UI with a new thread open, and `message` sent to it."""
+    chat = await ChatPage(await context.new_page(), base_url).open()
+    await chat.new_thread()
+    if message is not None:
+        await chat.send(message)
+    return chat
 
 
 async def eventually(read: Callable[[], Awaitable[Any]], expected: Any, within: float = 10) -> Any:
