@@ -1,6 +1,6 @@
 """Streaming benchmarks (issue 2), run by hand:
 
-    .venv/bin/python bench/stream.py [--quick]
+    .venv/bin/python bench/stream.py [--quick] [--parts ...] [--steps 200,300] [--loop asyncio]
 
 (a) the in-process ceiling: the demo model's `/stream 100000` consumed straight from pydantic-ai
     (Agent.iter + node.stream, as Tether's runner drives it), no server;
@@ -11,7 +11,10 @@
     between consecutive events at the clients under 250 ms, through Tether and for pydantic-ai
     alone (concurrent in-process runs); and the server's peak RSS per run.
 
-Everything runs in one go on this machine, so the ratios are side by side. Traffic stays on
+Everything runs in one go on this machine, so the ratios are side by side. The clients read the
+SSE bytes straight off their sockets (see RawStream) and run in this process, on the same kind of
+event loop as the server (uvloop when installed) unless --loop says otherwise; so do the
+in-process runs of (a) and (d), so both sides of each ratio get the same loop. Traffic stays on
 127.0.0.1; the server process is killed on exit.
 """
 
@@ -19,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -118,15 +123,52 @@ class FrameCounter:
         return new
 
 
+class RawStream(asyncio.Protocol):
+    """An SSE response read as raw bytes off the socket, for a load generator that costs little.
+
+    httpx parses every chunk through several layers; with hundreds of streams in one process that
+    made the client itself a source of gaps. Here each read is one callback: `on_data(chunk, now)`
+    gets the bytes as received (HTTP headers and chunk framing included, which never contain a
+    blank line "\n\n", so counting frames by their ends stays right) and when they arrived.
+    """
+
+    def __init__(self, on_data: Callable[[bytes, float], None]) -> None:
+        self._on_data = on_data
+        self._status_checked = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        if not self._status_checked:
+            self._status_checked = True
+            if not data.startswith(b"HTTP/1.1 200"):
+                self.done.set_exception(RuntimeError(f"stream refused: {data[:200]!r}"))
+                return
+        self._on_data(data, now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def open_stream(url: str, path: str, on_data: Callable[[bytes, float], None]) -> RawStream:
+    """GET an SSE stream over a fresh connection that the server closes when the response ends."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    transport, stream = await asyncio.get_running_loop().create_connection(lambda: RawStream(on_data), host, int(port))
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    transport.write(request.encode())
+    stream.done.add_done_callback(lambda _: transport.close())
+    return stream
+
+
 async def through_tether(url: str, words: int) -> tuple[float, str]:
     async with httpx.AsyncClient(base_url=url, timeout=None) as http:
         thread = (await http.post("/v1/threads")).json()["id"]
         started = time.perf_counter()
         run = (await http.post(f"/v1/threads/{thread}/runs", json={"input": f"/stream {words}"})).json()
         frames = FrameCounter()
-        async with http.stream("GET", f"/v1/runs/{run['run_id']}/stream") as response:
-            async for chunk in response.aiter_bytes():
-                frames.feed(chunk)
+        stream = await open_stream(url, f"/v1/runs/{run['run_id']}/stream", lambda data, _: frames.feed(data))
+        await stream.done
         return frames.count / (time.perf_counter() - started), thread
 
 
@@ -136,13 +178,11 @@ async def post_to_first_event(url: str, samples: int) -> list[float]:
         thread = (await http.post("/v1/threads")).json()["id"]
         arrivals: asyncio.Queue[float] = asyncio.Queue()
 
-        async def follow() -> None:
-            async with http.stream("GET", f"/v1/threads/{thread}/stream") as response:
-                async for line in response.aiter_lines():
-                    if '"RUN_STARTED"' in line:
-                        arrivals.put_nowait(time.perf_counter())
+        def on_data(data: bytes, now: float) -> None:
+            for _ in range(data.count(b'"RUN_STARTED"')):
+                arrivals.put_nowait(now)
 
-        follower = asyncio.create_task(follow())
+        follower = await open_stream(url, f"/v1/threads/{thread}/stream", on_data)
         await asyncio.sleep(0.3)
         latencies = []
         for _ in range(samples):
@@ -150,44 +190,48 @@ async def post_to_first_event(url: str, samples: int) -> list[float]:
             await http.post(f"/v1/threads/{thread}/runs", json={"input": "/stream 1", "multitask": "enqueue"})
             latencies.append(await asyncio.wait_for(arrivals.get(), 10) - sent)
             await asyncio.sleep(0.02)
-        follower.cancel()
+        follower.done.cancel()
         return latencies
 
 
 async def replay(url: str, thread: str, expected: int) -> tuple[float, float]:
-    async with httpx.AsyncClient(base_url=url, timeout=None) as http:
-        started = time.perf_counter()
-        first = None
-        frames = FrameCounter()
-        async with http.stream("GET", f"/v1/threads/{thread}/stream", params={"after": 0}) as response:
-            async for chunk in response.aiter_bytes():
-                first = first or time.perf_counter() - started
-                frames.feed(chunk)
-                if frames.count >= expected:
-                    break
-        return first or 0.0, frames.count / (time.perf_counter() - started)
+    started = time.perf_counter()
+    first: list[float] = []
+    frames = FrameCounter()
+
+    def on_data(data: bytes, now: float) -> None:
+        if not first:
+            first.append(now - started)
+        frames.feed(data)
+        if frames.count >= expected and not stream.done.done():
+            stream.done.set_result(None)
+
+    stream = await open_stream(url, f"/v1/threads/{thread}/stream?after=0", on_data)
+    await stream.done
+    return first[0] if first else 0.0, frames.count / (time.perf_counter() - started)
 
 
 async def tether_gaps(url: str, runs: int) -> list[float]:
     """p99 material: gaps between consecutive events of each of `runs` concurrent 20-words/s runs."""
     gaps: list[float] = []
-    limits = httpx.Limits(max_connections=runs * 2 + 10)
+    limits = httpx.Limits(max_connections=runs * 2 + 10, keepalive_expiry=1)  # before the server drops it (5 s)
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as http:
 
         async def one() -> None:
             thread = (await http.post("/v1/threads")).json()["id"]
             run = (await http.post(f"/v1/threads/{thread}/runs", json={"input": "/stream 400 ms=50"})).json()
-            last = None
+            last: list[float] = []
             frames = FrameCounter()
-            async with http.stream("GET", f"/v1/runs/{run['run_id']}/stream") as response:
-                async for chunk in response.aiter_bytes():
-                    now = time.perf_counter()
-                    arrived = frames.feed(chunk)
-                    if arrived and last is not None:
-                        gaps.append(now - last)  # events that arrive in one chunk arrive together
-                        gaps.extend([0.0] * (arrived - 1))
-                    if arrived:
-                        last = now
+
+            def on_data(data: bytes, now: float) -> None:
+                arrived = frames.feed(data)
+                if arrived and last:
+                    gaps.append(now - last[0])  # events that arrive in one read arrive together
+                    gaps.extend([0.0] * (arrived - 1))
+                if arrived:
+                    last[:] = [now]
+
+            await (await open_stream(url, f"/v1/runs/{run['run_id']}/stream", on_data)).done
 
         await asyncio.gather(*[one() for _ in range(runs)])
     return gaps
@@ -225,45 +269,83 @@ async def capacity(measure, steps: list[int]) -> tuple[int, dict[int, float]]:
     return best, p99s
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, for a check that it works")
-    args = parser.parse_args()
+PARTS = ("throughput", "latency", "replay", "tether-capacity", "alone-capacity")
+
+
+async def main(args: argparse.Namespace) -> None:
+    parts = set(args.parts.split(","))
+    if unknown := parts - set(PARTS):
+        raise SystemExit(f"unknown parts: {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     words = 20_000 if args.quick else 100_000
-    steps = [25, 50, 100] if args.quick else [25, 50, 100, 200, 300, 400, 600]
-    print(f"# streaming benchmark, {time.strftime('%Y-%m-%d %H:%M')}, Python {sys.version.split()[0]}")
+    steps = [int(n) for n in args.steps.split(",")] if args.steps else [25, 50, 100] if args.quick else STEPS
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(f"# streaming benchmark, {time.strftime('%Y-%m-%d %H:%M')}, Python {sys.version.split()[0]}, {loop} loop")
     with tempfile.TemporaryDirectory() as tmp:
         agent = load_agent(None, Path(tmp))
         server = Server(Path(tmp) / "data")
         try:
-            a = await ceiling(agent, words)
-            b, thread = await through_tether(server.url, words)
-            print(f"(a) pydantic-ai alone: {a:8.0f} events/s")
-            print(f"(b) through Tether:    {b:8.0f} events/s   (b)/(a) = {b / a:.2f}")
-            latencies = await post_to_first_event(server.url, 20 if args.quick else 50)
-            print(
-                f"    POST → first event: median {statistics.median(latencies) * 1000:.1f} ms, "
-                f"p95 {quantile(latencies, 0.95) * 1000:.1f} ms"
-            )
-            first, rate = await replay(server.url, thread, words + 7)
-            print(f"(c) replay of {words + 7} events: first after {first * 1000:.1f} ms, {rate:,.0f} events/s")
-            print("(d) capacity, /stream 400 ms=50 per run, p99 gap < 250 ms")
-            print("  through Tether:")
-            rss_before = server.rss_mb()
-            tether_best, _ = await capacity(lambda n: tether_gaps(server.url, n), steps)
-            peak = server.peak_rss_mb()
-            print("  pydantic-ai alone:")
-            alone_best, _ = await capacity(lambda n: alone_gaps(agent, n), steps)
-            ratio = tether_best / alone_best if alone_best else 0
-            print(f"    capacity: Tether {tether_best} runs, pydantic-ai alone {alone_best} runs, ratio {ratio:.2f}")
-            if tether_best:
+            thread = None
+            if "throughput" in parts or "replay" in parts:
+                a = await ceiling(agent, words)
+                b, thread = await through_tether(server.url, words)
+                print(f"(a) pydantic-ai alone: {a:8.0f} events/s")
+                print(f"(b) through Tether:    {b:8.0f} events/s   (b)/(a) = {b / a:.2f}")
+            if "latency" in parts:
+                latencies = await post_to_first_event(server.url, 20 if args.quick else 50)
                 print(
-                    f"    server RSS: {rss_before:.0f} MB idle, peak {peak:.0f} MB, "
-                    f"{(peak - rss_before) / tether_best:.2f} MB per run at {tether_best} runs"
+                    f"    POST → first event: median {statistics.median(latencies) * 1000:.1f} ms, "
+                    f"p95 {quantile(latencies, 0.95) * 1000:.1f} ms"
                 )
+            if thread is not None and "replay" in parts:
+                first, rate = await replay(server.url, thread, words + 7)
+                print(f"(c) replay of {words + 7} events: first after {first * 1000:.1f} ms, {rate:,.0f} events/s")
+            if "tether-capacity" in parts or "alone-capacity" in parts:
+                print("(d) capacity, /stream 400 ms=50 per run, p99 gap < 250 ms")
+            tether_best = alone_best = 0
+            if "tether-capacity" in parts:
+                print("  through Tether:")
+                rss_before = server.rss_mb()
+                tether_best, _ = await capacity(lambda n: tether_gaps(server.url, n), steps)
+                peak = server.peak_rss_mb()
+                if tether_best:
+                    print(
+                        f"    server RSS: {rss_before:.0f} MB idle, peak {peak:.0f} MB, "
+                        f"{(peak - rss_before) / tether_best:.2f} MB per run at {tether_best} runs"
+                    )
+            if "alone-capacity" in parts:
+                print("  pydantic-ai alone:")
+                alone_best, _ = await capacity(lambda n: alone_gaps(agent, n), steps)
+            if tether_best and alone_best:
+                ratio = tether_best / alone_best
+                print(f"    capacity: Tether {tether_best} runs, pydantic-ai alone {alone_best}, ratio {ratio:.2f}")
         finally:
             server.stop()
 
 
+STEPS = [25, 50, 100, 150, 200, 250, 300, 350, 400, 500, 600]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a check that it works")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
+    parser.add_argument("--steps", help=f"capacity steps, comma-separated run counts (default {STEPS})")
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of this process (its in-process runs and clients); auto is what the server uses, "
+        "uvicorn's choice: uvloop when installed",
+    )
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    arguments = parse_args()
+    use_uvloop = arguments.loop == "uvloop" or (arguments.loop == "auto" and importlib.util.find_spec("uvloop"))
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(main(arguments))
+    else:
+        asyncio.run(main(arguments))
