@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ag_ui.core import BaseEvent
+from ag_ui.core import BaseEvent, TextMessageContentEvent
+from pydantic_core import to_json
 
 RUN_FINISHED = "RUN_FINISHED"
 RUN_ERROR = "RUN_ERROR"
@@ -53,7 +54,36 @@ class FeedItem:
 
 def encode(event: BaseEvent) -> str:
     """The wire form of an AG-UI event: camelCase keys, no nulls (what ag-ui's EventEncoder sends)."""
+    if FAST_TEXT_CONTENT and type(event) is TextMessageContentEvent and _plain_text_content(event):
+        # Most events of a streamed answer are this one: written out directly, the same bytes as
+        # model_dump_json (the same serialiser escapes the strings) at a third of its cost.
+        return (
+            f'{{"type":"TEXT_MESSAGE_CONTENT","timestamp":{event.timestamp},'
+            f'"messageId":{to_json(event.message_id).decode()},"delta":{to_json(event.delta).decode()}}}'
+        )
     return event.model_dump_json(by_alias=True, exclude_none=True)
+
+
+FAST_TEXT_CONTENT = set(TextMessageContentEvent.model_fields) == {
+    "type",
+    "timestamp",
+    "raw_event",
+    "metadata",
+    "subagent_run_id",
+    "message_id",
+    "delta",
+}
+"""The fast path knows every field of this ag-ui's TextMessageContentEvent (if not, every event takes the slow path)."""
+
+
+def _plain_text_content(event: TextMessageContentEvent) -> bool:
+    """Only the fields the fast path writes are set."""
+    return (
+        type(event.timestamp) is int
+        and event.raw_event is None
+        and event.metadata is None
+        and event.subagent_run_id is None
+    )
 
 
 def is_terminal(event_type: str) -> bool:

@@ -31,7 +31,7 @@ from ag_ui.core import (
     TextMessageStartEvent,
 )
 from pydantic_ai.exceptions import RunCancelled
-from pydantic_ai.messages import EnqueuedMessagesEvent, ModelMessage
+from pydantic_ai.messages import EnqueuedMessagesEvent, ModelMessage, PartDeltaEvent, TextPartDelta
 from pydantic_ai.ui.ag_ui import AGUIAdapter, AGUIEventStream
 
 APPROVAL_REQUESTED = "tether.approval_requested"
@@ -79,6 +79,22 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
     error: Exception | None = None
     stopped: bool = False
     """The server stopped the run at a step boundary: no terminal event; it resumes on the next start."""
+
+    async def handle_event(self, event: Any) -> AsyncIterator[BaseEvent]:
+        """A text delta, by far the most common event, skips the three generators that dispatch it.
+
+        It yields what `AGUIEventStream.handle_text_delta` yields, stamped as its `handle_event` stamps
+        it. `transform_stream` keeps its own state (the open part's deltas, for the error path)
+        around this call, so nothing else changes. Every other event takes the general path.
+        """
+        if type(event) is PartDeltaEvent and type(event.delta) is TextPartDelta:
+            if event.delta.content_delta:
+                yield TextMessageContentEvent(
+                    message_id=self.message_id, delta=event.delta.content_delta, timestamp=now_ms()
+                )
+            return
+        async for agui_event in super().handle_event(event):
+            yield agui_event
 
     async def before_stream(self) -> AsyncIterator[BaseEvent]:
         async for event in super().before_stream():
