@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the server",
-        description="Run the Tether server.",
+        description="Run the Tether server: the HTTP API under /v1 and the web UI at /.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     option = _env_option(serve)

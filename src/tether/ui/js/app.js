@@ -460,7 +460,6 @@ function askForToken(reason) {
   tokenPrompt ??= new Promise((resolve) => {
     const dialog = $("token-dialog");
     $("token-reason").textContent = api.token ? `The saved token was refused (${reason}).` : "Enter the token Tether was started with.";
-    dialog.addEventListener("cancel", (event) => event.preventDefault());
     $("token-form").addEventListener(
       "submit",
       () => {
@@ -497,8 +496,12 @@ function wire() {
     }
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && !$("token-dialog").open) stop();
+    // Esc stops the run, unless it is closing something else (a reason being typed, a dialog).
+    const elsewhere = event.target instanceof HTMLInputElement || $("token-dialog").open;
+    if (event.key === "Escape" && !elsewhere) stop();
   });
+  // Nothing works without the token, so the dialog cannot be dismissed without one.
+  $("token-dialog").addEventListener("cancel", (event) => event.preventDefault());
   $("new-thread").addEventListener("click", () =>
     act(async () => {
       const thread = await api.createThread();
