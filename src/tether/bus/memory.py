@@ -14,7 +14,7 @@ class MemorySubscription:
         self._channel = channel
         self._maxsize = maxsize
         self._items: list[Any] = []
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
         self._on_overflow = on_overflow
 
@@ -29,20 +29,30 @@ class MemorySubscription:
                 self._on_overflow()
         else:
             self._items.extend(items)
-        self._ready.set()
+        _wake(self._waiter)
 
     async def get(self, max_wait: float) -> list[Any]:
+        # One future and one timer per wait: this runs for every batch of every live stream, and
+        # wait_for(Event.wait()) costs a task, an event and a timer each time.
         if not self._items and not self.overflowed:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(max_wait, _wake, waiter)
             try:
-                await asyncio.wait_for(self._ready.wait(), max_wait)
-            except TimeoutError:
-                return []
-        self._ready.clear()
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
         items, self._items = self._items, []
         return items
 
     def close(self) -> None:
         self._bus._unsubscribe(self._channel, self)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class MemoryBus:
