@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -180,16 +182,19 @@ async def test_a_failed_write_fails_the_run_loudly(server):
     """A real SQLite failure (the database is full), not a mock: the run ends failed with the reason."""
     writer = server.engine.store._writer
 
-    async def set_max_pages(extra: int) -> None:
-        pages = (await writer.execute_fetchall("PRAGMA page_count"))[0][0]
-        await writer.execute(f"PRAGMA max_page_count = {pages + extra}")
+    def set_max_pages(extra: int) -> Callable[[sqlite3.Connection], None]:
+        def set_on(conn: sqlite3.Connection) -> None:
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            conn.execute(f"PRAGMA max_page_count = {pages + extra}")
+
+        return set_on
 
     async with TetherClient(server.url) as client:
         thread = await client.create_thread()
-        server.call(set_max_pages(2))
+        server.call(writer.call(set_max_pages(2)))
         run = await client.send(thread["id"], "/stream 20000")
         await asyncio.sleep(0.5)  # the run fills the database and its writes fail
-        server.call(set_max_pages(1_000_000))
+        server.call(writer.call(set_max_pages(1_000_000)))
         failed = await wait_for_status(client, run["run_id"], {"failed", "completed"})
         assert failed["status"] == "failed"
         assert "full" in failed["error"]

@@ -1,8 +1,12 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Two connections: one writes (every write goes through it, so SQLite never
-sees two writers), one reads (WAL lets readers run beside the writer, so a
-long replay never holds up a run's group commits).
+Two connections, each on its own thread: one writes (every write goes through
+it, so SQLite never sees two writers), one reads (WAL lets readers run beside
+the writer, so a long replay never holds up a run's group commits). Each write
+transaction and each read is one function run on its connection's thread: one
+hop there and back, however many statements it has. (A hop per statement made
+the writer and the event loop hand the GIL to each other several times per
+group commit.)
 
 `synchronous=NORMAL` in WAL mode: a committed transaction survives the
 process being killed; only an OS crash or power loss can lose the last few.
@@ -15,13 +19,11 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
-
-import aiosqlite
+from typing import IO, Any, TypeVar
 
 from tether.events import Event, FeedItem
 from tether.store import (
@@ -65,17 +67,76 @@ _THREAD_COLUMNS = (
 MIN_SQLITE = (3, 38)  # the ->> JSON operator
 
 
+T = TypeVar("T")
+
+
 class DataDirInUse(RuntimeError):
     """Another process holds the database: two servers on one file would corrupt each other's logs."""
+
+
+class ThreadConnection:
+    """A stdlib sqlite3 connection that lives on a thread of its own; `call(fn)` runs `fn(conn)` there."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self, path: Path) -> None:
+        self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, _connect, path)
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._conn is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self.call(sqlite3.Connection.close)
+            self._conn = None
+        self._executor.shutdown(wait=False)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this Tether knows ({len(MIGRATIONS)}); upgrade Tether"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+
+
+def _in_transaction(work: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    """`work` as one write transaction: committed if it returns, rolled back if it raises."""
+
+    def transaction(conn: sqlite3.Connection) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+        except BaseException:
+            if conn.in_transaction:  # SQLite has already rolled back on some errors (a full disk)
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    return transaction
 
 
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_file: IO[str] | None = None
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._writer = ThreadConnection("tether-sqlite-writer")
+        self._reader = ThreadConnection("tether-sqlite-reader")
 
     def lock(self) -> None:
         """Hold an exclusive lock on the database for as long as the store is open (released at exit,
@@ -104,55 +165,20 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.lock()
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
+        await self._writer.open(self.path)
+        await self._writer.call(_migrate)
+        await self._reader.open(self.path)
 
     async def close(self) -> None:
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        await self._reader.close()
+        await self._writer.close()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the lock
             self._lock_file = None
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        return conn
-
-    @staticmethod
-    async def _migrate(conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA user_version") as cur:
-            (version,) = await cur.fetchone()  # type: ignore[misc]
-        if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"database schema version {version} is newer than this Tether knows ({len(MIGRATIONS)}); upgrade Tether"
-            )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction at a time: coroutines share the writer connection."""
-        async with self._write_lock:
-            await self._w.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._w
-            except BaseException:
-                if self._w.in_transaction:  # SQLite has already rolled back on some errors (a full disk)
-                    await self._w.execute("ROLLBACK")
-                raise
-            await self._w.execute("COMMIT")
-
-    @property
-    def _w(self) -> aiosqlite.Connection:
-        assert self._writer is not None, "store is not open"
-        return self._writer
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(conn)` as one write transaction on the writer's thread."""
+        return await self._writer.call(_in_transaction(work))
 
     async def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
         """Run a read as one call on the reader's thread: execute, fetch all, finish the statement.
@@ -160,8 +186,7 @@ class SQLiteStore:
         A statement left open across an await would keep the reader's snapshot (its WAL read
         transaction) alive, and queries of other coroutines would see stale data.
         """
-        assert self._reader is not None, "store is not open"
-        return list(await self._reader.execute_fetchall(sql, args))
+        return await self._reader.call(lambda conn: conn.execute(sql, args).fetchall())
 
     async def _one(self, sql: str, args: tuple = ()) -> tuple | None:
         rows = await self._all(sql, args)
@@ -170,11 +195,12 @@ class SQLiteStore:
     # threads
 
     async def create_thread(self, thread: Thread) -> None:
-        async with self._transaction() as w:
-            await w.execute(
-                "INSERT INTO threads (id, title, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
-                (thread.id, thread.title, thread.created_at, thread.updated_at, json.dumps(thread.metadata)),
+        args = (thread.id, thread.title, thread.created_at, thread.updated_at, json.dumps(thread.metadata))
+        await self._write(
+            lambda w: w.execute(
+                "INSERT INTO threads (id, title, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)", args
             )
+        )
 
     async def get_thread(self, thread_id: str) -> Thread | None:
         row = await self._one(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,))
@@ -190,23 +216,24 @@ class SQLiteStore:
         return [_thread(row) for row in await self._all(sql, (*args, limit))]
 
     async def update_thread(self, thread_id: str, *, title: str | None) -> None:
-        async with self._transaction() as w:
-            await w.execute("UPDATE threads SET title = ? WHERE id = ?", (title, thread_id))
+        await self._write(lambda w: w.execute("UPDATE threads SET title = ? WHERE id = ?", (title, thread_id)))
 
     async def allow_tools(self, thread_id: str, tools: list[str]) -> None:
-        async with self._transaction() as w:
-            await w.execute("UPDATE threads SET allowed_tools = ? WHERE id = ?", (json.dumps(tools), thread_id))
+        args = (json.dumps(tools), thread_id)
+        await self._write(lambda w: w.execute("UPDATE threads SET allowed_tools = ? WHERE id = ?", args))
 
     async def delete_thread(self, thread_id: str) -> None:
-        async with self._transaction() as w:
-            await w.execute("DELETE FROM events WHERE thread_id = ?", (thread_id,))
-            await w.execute("DELETE FROM threads WHERE id = ?", (thread_id,))
+        def delete(w: sqlite3.Connection) -> None:
+            w.execute("DELETE FROM events WHERE thread_id = ?", (thread_id,))
+            w.execute("DELETE FROM threads WHERE id = ?", (thread_id,))
+
+        await self._write(delete)
 
     # runs
 
     async def create_run(self, run: Run) -> None:
-        async with self._transaction() as w:
-            await w.execute(
+        def create(w: sqlite3.Connection) -> None:
+            w.execute(
                 f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.id,
@@ -227,7 +254,9 @@ class SQLiteStore:
                     run.recoveries,
                 ),
             )
-            await w.execute("UPDATE threads SET updated_at = ? WHERE id = ?", (run.created_at, run.thread_id))
+            w.execute("UPDATE threads SET updated_at = ? WHERE id = ?", (run.created_at, run.thread_id))
+
+        await self._write(create)
 
     async def get_run(self, run_id: str) -> Run | None:
         row = await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
@@ -247,20 +276,23 @@ class SQLiteStore:
         return [_run(row) for row in rows]
 
     async def decide(self, run_id: str, before: dict[str, Decision], after: dict[str, Decision], resume: bool) -> bool:
-        async with self._transaction() as w:
-            cur = await w.execute(
+        args = (_json_decisions(after), resume, run_id, _json_decisions(before) or "{}")
+        cur = await self._write(
+            lambda w: w.execute(
                 "UPDATE runs SET decisions = ?, status = CASE WHEN ? THEN 'running' ELSE status END "
                 "WHERE id = ? AND status = 'awaiting_approval' AND COALESCE(decisions, '{}') = ?",
-                (_json_decisions(after), resume, run_id, _json_decisions(before) or "{}"),
+                args,
             )
-            return cur.rowcount == 1
+        )
+        return cur.rowcount == 1
 
     async def add_to_inbox(self, item: InboxItem) -> None:
-        async with self._transaction() as w:
-            await w.execute(
-                "INSERT INTO inbox (id, run_id, input, created_at, applied_at) VALUES (?, ?, ?, ?, ?)",
-                (item.id, item.run_id, item.input, item.created_at, item.applied_at),
+        args = (item.id, item.run_id, item.input, item.created_at, item.applied_at)
+        await self._write(
+            lambda w: w.execute(
+                "INSERT INTO inbox (id, run_id, input, created_at, applied_at) VALUES (?, ?, ?, ?, ?)", args
             )
+        )
 
     async def inbox(self, run_id: str) -> list[InboxItem]:
         rows = await self._all(
@@ -328,42 +360,48 @@ class SQLiteStore:
         return [FeedItem(*row) for row in rows]
 
     async def write(self, batch: WriteBatch) -> None:
-        async with self._transaction() as w:
-            if batch.events:
-                # One statement for the whole batch: executemany would hand the GIL back and forth
-                # with the event loop for every row, which made each commit take tens of ms.
-                await w.execute(
-                    "INSERT INTO events (thread_id, seq, run_id, type, data) "
-                    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)",
-                    (json.dumps([(e.thread_id, e.seq, e.run_id, e.type, e.data) for e in batch.events]),),
-                )
-            for cp in batch.checkpoints:
-                await w.execute(
-                    "INSERT INTO checkpoints (thread_id, run_id, created_at, messages, kind) VALUES (?, ?, ?, ?, ?)",
-                    (cp.thread_id, cp.run_id, cp.created_at, cp.messages, cp.kind),
-                )
-            for run_id, fields in batch.run_updates:
-                unknown = set(fields) - _UPDATABLE_RUN_FIELDS
-                assert not unknown, f"not updatable: {unknown}"
-                assignments = ", ".join(f"{name} = ?" for name in fields)
-                values = [_encode_run_field(name, value) for name, value in fields.items()]
-                await w.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values, run_id))
-            for mark in batch.tool_marks:
-                await w.execute(
-                    "INSERT INTO tool_calls (run_id, tool_call_id, tool_name, started_at, finished_at, result) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, tool_call_id) DO UPDATE SET "
-                    "started_at = excluded.started_at, finished_at = excluded.finished_at, result = excluded.result",
-                    (mark.run_id, mark.tool_call_id, mark.tool_name, mark.started_at, mark.finished_at, mark.result),
-                )
-            if batch.inbox_applied:
-                await w.executemany(
-                    "UPDATE inbox SET applied_at = ? WHERE id = ?", [(ts, id_) for id_, ts in batch.inbox_applied]
-                )
-            if batch.feed:
-                await w.executemany(
-                    "INSERT INTO feed (seq, thread_id, run_id, data) VALUES (?, ?, ?, ?)",
-                    [(f.seq, f.thread_id, f.run_id, f.data) for f in batch.feed],
-                )
+        # Encoded here, on the event loop, so the writer's thread holds the GIL as little as it can.
+        events = json.dumps([(e.thread_id, e.seq, e.run_id, e.type, e.data) for e in batch.events])
+        run_updates = []
+        for run_id, fields in batch.run_updates:
+            unknown = set(fields) - _UPDATABLE_RUN_FIELDS
+            assert not unknown, f"not updatable: {unknown}"
+            assignments = ", ".join(f"{name} = ?" for name in fields)
+            values = [_encode_run_field(name, value) for name, value in fields.items()]
+            run_updates.append((f"UPDATE runs SET {assignments} WHERE id = ?", (*values, run_id)))
+        await self._write(lambda w: _write_batch(w, batch, events, run_updates))
+
+
+def _write_batch(w: sqlite3.Connection, batch: WriteBatch, events: str, run_updates: list[tuple[str, tuple]]) -> None:
+    if batch.events:
+        # One statement for the whole batch: executemany releases and retakes the GIL for every row,
+        # and with a busy event loop each retake can wait a whole switch interval.
+        w.execute(
+            "INSERT INTO events (thread_id, seq, run_id, type, data) "
+            "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)",
+            (events,),
+        )
+    for cp in batch.checkpoints:
+        w.execute(
+            "INSERT INTO checkpoints (thread_id, run_id, created_at, messages, kind) VALUES (?, ?, ?, ?, ?)",
+            (cp.thread_id, cp.run_id, cp.created_at, cp.messages, cp.kind),
+        )
+    for sql, args in run_updates:
+        w.execute(sql, args)
+    for mark in batch.tool_marks:
+        w.execute(
+            "INSERT INTO tool_calls (run_id, tool_call_id, tool_name, started_at, finished_at, result) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, tool_call_id) DO UPDATE SET "
+            "started_at = excluded.started_at, finished_at = excluded.finished_at, result = excluded.result",
+            (mark.run_id, mark.tool_call_id, mark.tool_name, mark.started_at, mark.finished_at, mark.result),
+        )
+    if batch.inbox_applied:
+        w.executemany("UPDATE inbox SET applied_at = ? WHERE id = ?", [(ts, id_) for id_, ts in batch.inbox_applied])
+    if batch.feed:
+        w.executemany(
+            "INSERT INTO feed (seq, thread_id, run_id, data) VALUES (?, ?, ?, ?)",
+            [(f.seq, f.thread_id, f.run_id, f.data) for f in batch.feed],
+        )
 
 
 def _thread(row: tuple) -> Thread:
