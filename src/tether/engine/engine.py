@@ -23,6 +23,7 @@ from pydantic_ai.ui.ag_ui import AGUIAdapter
 from tether import events
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.config import Settings
+from tether.engine import collector
 from tether.engine.journal import Journal
 from tether.engine.runner import RunExecution, cancel_paused_run
 from tether.engine.streams import Follower
@@ -54,6 +55,7 @@ class Engine:
         """Open the store and start serving; runs left running by a dead process resume in the background."""
         await self.store.open()
         await self.journal.start()
+        collector.settle_after_start_up()
         self._accepting = True
         self._track(asyncio.create_task(self._recover(), name="recover"))
 
