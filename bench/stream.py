@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import re
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic_ai import Agent
@@ -340,12 +340,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def uvloop_run() -> Callable[[Any], Any] | None:
+    """uvloop's runner if it can be imported (uvicorn's own test for its "auto" loop), else None."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.run
+
+
 if __name__ == "__main__":
     arguments = parse_args()
-    use_uvloop = arguments.loop == "uvloop" or (arguments.loop == "auto" and importlib.util.find_spec("uvloop"))
-    if use_uvloop:
-        import uvloop
-
-        uvloop.run(main(arguments))
-    else:
-        asyncio.run(main(arguments))
+    run = uvloop_run() if arguments.loop != "asyncio" else None
+    if arguments.loop == "uvloop" and run is None:
+        raise SystemExit("uvloop is not installed")
+    (run or asyncio.run)(main(arguments))
