@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import re
 import statistics
 import subprocess
@@ -36,6 +37,7 @@ import httpx
 from pydantic_ai import Agent
 
 from tether.agents import load_agent
+from tether.engine import collector
 
 GAP_LIMIT = 0.250
 
@@ -282,6 +284,9 @@ async def main(args: argparse.Namespace) -> None:
     print(f"# streaming benchmark, {time.strftime('%Y-%m-%d %H:%M')}, Python {sys.version.split()[0]}, {loop} loop")
     with tempfile.TemporaryDirectory() as tmp:
         agent = load_agent(None, Path(tmp))
+        if args.gc == "tuned":
+            collector.settle_after_start_up()
+        print(f"# this process's garbage collector: {args.gc}, thresholds {gc.get_threshold()}")
         server = Server(Path(tmp) / "data")
         try:
             thread = None
@@ -336,6 +341,13 @@ def parse_args() -> argparse.Namespace:
         default="auto",
         help="event loop of this process (its in-process runs and clients); auto is what the server uses, "
         "uvicorn's choice: uvloop when installed",
+    )
+    parser.add_argument(
+        "--gc",
+        choices=("default", "tuned"),
+        default="default",
+        help="tuned gives this process (the in-process runs of (a) and (d)) the collector settings the server "
+        "gives itself (tether.engine.collector)",
     )
     return parser.parse_args()
 
