@@ -11,7 +11,7 @@ const $ = (id) => document.getElementById(id);
 
 /** What the UI knows of each thread: {id, title, status, runId, error, pending}, newest first. */
 const threads = new Map();
-/** Runs the UI has seen end: a late feed notice must not make them look active again. */
+/** Runs the UI has seen end. */
 const endedRuns = new Set();
 let current = null; // {id, session, abort, placeholder: {messages, until} | null, problem: string | null}
 let tokenPrompt = null;
@@ -24,10 +24,17 @@ function info(threadId) {
   return threads.get(threadId);
 }
 
+/**
+ * Record what a run on a thread is doing. The feed and the thread stream are two connections, so
+ * news can arrive late: a run that has ended never looks active again, and the end of an earlier
+ * run does not overwrite the state of the run that followed it.
+ */
 function setRunState(threadId, runId, runStatus, { error = null, pending = null } = {}) {
   if (runId && endedRuns.has(runId) && ACTIVE.has(runStatus)) return;
   if (runId && !ACTIVE.has(runStatus)) endedRuns.add(runId);
   const thread = info(threadId);
+  const earlierRunEnded = runId && thread.runId && runId !== thread.runId && !ACTIVE.has(runStatus);
+  if (earlierRunEnded && ACTIVE.has(thread.status)) return;
   thread.status = threadStatus(runStatus);
   thread.runId = runId ?? thread.runId;
   thread.error = runStatus === "failed" ? error : null;
