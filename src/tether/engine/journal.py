@@ -44,6 +44,8 @@ class Journal:
         self._interval = interval
         self._busy = False
         """The last group was large: gather longer (BUSY_FACTOR times the interval) to amortise each transaction."""
+        self._last_write = 0.0
+        """When the last group commit began (event-loop time)."""
         self._max_pending = max_pending
         self._pending = WriteBatch()
         self._waiters: list[asyncio.Future[None]] = []
@@ -151,9 +153,13 @@ class Journal:
     async def _write_loop(self) -> None:
         while True:
             await self._wakeup.wait()
-            if self._interval and not self.congested and not self._waiters:
-                # Gather a group of events; but a commit someone waits for goes now.
-                await asyncio.sleep(self._interval * (BUSY_FACTOR if self._busy else 1))
+            # Gather a group for what is left of the interval since the last commit began; so the first
+            # event after a quiet spell (a run's start) is written at once. A commit someone waits for goes now.
+            loop = asyncio.get_running_loop()
+            gather = self._interval * (BUSY_FACTOR if self._busy else 1) - (loop.time() - self._last_write)
+            if gather > 0 and not self.congested and not self._waiters:
+                await asyncio.sleep(gather)
+            self._last_write = loop.time()
             self._wakeup.clear()
             batch, waiters = self._pending, self._waiters
             self._pending, self._waiters = WriteBatch(), []
