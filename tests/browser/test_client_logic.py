@@ -121,12 +121,18 @@ async def test_tool_cards_get_their_status_from_results_and_pending_calls(server
             "content": "",
             "toolCalls": [
                 {"id": c, "type": "function", "function": {"name": "t", "arguments": "{}"}}
-                for c in ("done", "denied", "unknown", "waiting", "running")
+                for c in ("done", "denied", "unknown", "interrupted", "waiting", "running")
             ],
         },
         {"id": "r1", "role": "tool", "toolCallId": "done", "content": "ok"},
         {"id": "r2", "role": "tool", "toolCallId": "denied", "content": "The user denied this tool call: no"},
         {"id": "r3", "role": "tool", "toolCallId": "unknown", "content": "The outcome of this tool call is unknown: …"},
+        {
+            "id": "r4",
+            "role": "tool",
+            "toolCallId": "interrupted",
+            "content": "The tool call was interrupted before a result was produced.",
+        },
     ]
     statuses = await page.evaluate(
         """async ([messages, active]) => {
@@ -141,6 +147,7 @@ async def test_tool_cards_get_their_status_from_results_and_pending_calls(server
         ["done", "done", 250],
         ["denied", "denied", None],
         ["unknown", "unknown", None],
+        ["interrupted", "interrupted", None],
         ["waiting", "awaiting approval", None],
         ["running", "running", None],
     ]

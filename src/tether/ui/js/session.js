@@ -9,6 +9,7 @@ import { Transcript } from "./fold.js";
 const DENIED = "The user denied this tool call";
 const UNKNOWN = "The outcome of this tool call is unknown";
 const NOT_RUN = "Not run:";
+const INTERRUPTED = "The tool call was interrupted"; // pydantic-ai's words for a call cut off by a stop
 const VERSION = 1;
 
 export class ThreadSession {
@@ -128,6 +129,7 @@ function callStatus(result, waiting, active) {
   if (result.startsWith(DENIED)) return "denied";
   if (result.startsWith(UNKNOWN)) return "unknown";
   if (result.startsWith(NOT_RUN)) return "not run";
+  if (result.startsWith(INTERRUPTED)) return "interrupted";
   return "done";
 }
 
