@@ -59,8 +59,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-async def test_the_approval_dialog_survives_a_server_restart(tether_process, context, sig):
+@pytest.mark.parametrize(
+    ("sig", "approved"), [(signal.SIGTERM, True), (signal.SIGKILL, False)], ids=["sigterm-approve", "sigkill-deny"]
+)
+async def test_the_approval_dialog_survives_a_server_restart(tether_process, context, sig, approved):
     # The page keeps its origin across the restart only if the server comes back on the same port.
     port = str(free_port())
     server = tether_process("--port", port).start()
@@ -73,11 +75,16 @@ async def test_the_approval_dialog_survives_a_server_restart(tether_process, con
     await expect(chat.approval()).to_contain_text("after restart")
     await chat.page.reload()
     await expect(chat.approval()).to_contain_text("after restart")
-    await decide(chat, approved=True)
+    await decide(chat, approved, reason="" if approved else "not after a restart")
     await settled_runs(restarted.url, chat.thread_id, 1)
-    await chat.assert_last_answer("write_note says: saved the note 'after restart'")
-    assert notes(server.data_dir) == ["after restart"]
-    assert len(tool_log(server.data_dir)) == 1
+    if approved:
+        await chat.assert_last_answer("write_note says: saved the note 'after restart'")
+        assert notes(server.data_dir) == ["after restart"]
+        assert len(tool_log(server.data_dir)) == 1
+    else:
+        await expect(chat.page.locator(".tool[data-status=denied]")).to_have_count(1)
+        assert "not after a restart" in await chat.last_assistant_text()
+        assert notes(server.data_dir) == [] and tool_log(server.data_dir) == []
 
 
 async def test_two_tabs_share_runs_and_decisions(server, context):
