@@ -163,7 +163,7 @@ function approvalRow(call, onDecide) {
   const actions = document.createElement("div");
   actions.className = "actions";
   actions.innerHTML = `
-    <input type="text" class="reason" placeholder="Reason (optional, told to the agent on a denial)" aria-label="Reason for a denial">
+    <input type="text" class="reason" placeholder="Why deny? (optional)" aria-label="Reason for a denial">
     <label><input type="checkbox" class="remember"> Always allow <span class="tool-name"></span> in this thread</label>
     <button type="button" class="primary approve">Approve</button>
     <button type="button" class="danger deny">Deny</button>
