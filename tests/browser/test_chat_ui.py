@@ -74,20 +74,23 @@ async def test_a_new_tab_mid_stream_shows_the_partial_answer_then_the_rest(serve
 
 
 async def test_steer_from_the_ui_lands_between_steps(server, context):
-    chat = await new_chat(context, server.url, "/steps 5 ms=300")
-    await chat.page.wait_for_selector(".tool[data-status=done]")
+    chat = await new_chat(context, server.url, "/steps 5 ms=500")
     await expect(chat.page.locator("#steer")).to_be_visible()
     await chat.page.fill("#input", "please also say goodbye")
-    await chat.page.click("#steer")
-    await chat.wait_until_idle()
+    await chat.page.wait_for_selector(".tool[data-status=done]")
+    await chat.page.press("#input", "Enter")  # Enter steers while a run is active
+    await expect(chat.page.locator("#messages > li.assistant").last).to_contain_text("please also say goodbye")
+    runs = await settled_runs(server.url, chat.thread_id, 1)
     async with TetherClient(server.url) as client:
         stored = await client.get_thread(chat.thread_id)
     rendered = await chat.assert_shows(stored["messages"])
     users = [text for role, text, _ in rendered if role == "user"]
-    assert users == ["/steps 5 ms=300", "please also say goodbye"]
+    assert users == ["/steps 5 ms=500", "please also say goodbye"]
     steer_at = next(i for i, m in enumerate(rendered) if m[1] == "please also say goodbye")
     # Completed steps stay; the demo model then answers the steering message instead of going on.
-    assert 1 <= sum(len(m[2]) for m in rendered[:steer_at]) < 5
+    # (On a machine so loaded that the steer came after the last step, it starts a run of its own.)
+    tools_before = sum(len(m[2]) for m in rendered[:steer_at])
+    assert 1 <= tools_before < 5 if len(runs) == 1 else tools_before == 5
     assert "please also say goodbye" in rendered[-1][1]
 
 

@@ -13,6 +13,8 @@ const $ = (id) => document.getElementById(id);
 const threads = new Map();
 /** Runs the UI has seen end. */
 const endedRuns = new Set();
+/** Deleted threads: late news of their last run must not bring them back. */
+const deletedThreads = new Set();
 let current = null; // {id, session, abort, placeholder: {messages, until} | null, problem: string | null}
 let tokenPrompt = null;
 let focusInputOnDraw = false; // the composer can take focus only once it is drawn
@@ -30,6 +32,7 @@ function info(threadId) {
  * run does not overwrite the state of the run that followed it.
  */
 function setRunState(threadId, runId, runStatus, { error = null, pending = null } = {}) {
+  if (deletedThreads.has(threadId)) return;
   if (runId && endedRuns.has(runId) && ACTIVE.has(runStatus)) return;
   if (runId && !ACTIVE.has(runStatus)) endedRuns.add(runId);
   const thread = info(threadId);
@@ -45,12 +48,24 @@ function setRunState(threadId, runId, runStatus, { error = null, pending = null 
 }
 
 function toTop(threadId) {
+  if (deletedThreads.has(threadId)) return;
   const thread = info(threadId);
   threads.delete(threadId);
   const rest = [...threads.entries()];
   threads.clear();
   threads.set(threadId, thread);
   for (const [id, t] of rest) threads.set(id, t);
+}
+
+function forgetThread(threadId) {
+  deletedThreads.add(threadId);
+  threads.delete(threadId);
+  ThreadSession.forget(threadId);
+  if (current?.id === threadId) {
+    location.hash = "";
+    openThread(null); // now, not at the next hashchange: nothing may draw the deleted thread again
+  }
+  redraw();
 }
 
 // ---- the feed: every thread's status, live ------------------------------------------------
@@ -79,22 +94,30 @@ async function followFeed() {
   }
 }
 
+/** Notices that arrive while a snapshot's thread list loads; applied once it has loaded. */
+let heldNotices = null;
+
 function onNotice(notice) {
+  if (notice.type === "snapshot") {
+    heldNotices = [];
+    resync(notice.activeRuns).catch(showError);
+  } else if (heldNotices) {
+    heldNotices.push(notice);
+  } else {
+    applyNotice(notice);
+  }
+}
+
+function applyNotice(notice) {
+  if (deletedThreads.has(notice.threadId)) return;
   switch (notice.type) {
-    case "snapshot":
-      resync(notice.activeRuns).catch(showError);
-      return;
     case "thread.created":
     case "thread.updated":
       info(notice.threadId).title = notice.title ?? null;
       if (notice.type === "thread.created") toTop(notice.threadId);
       break;
     case "thread.deleted":
-      threads.delete(notice.threadId);
-      if (current?.id === notice.threadId) {
-        ThreadSession.forget(notice.threadId);
-        location.hash = "";
-      }
+      forgetThread(notice.threadId);
       break;
     case "run.created":
       toTop(notice.threadId);
@@ -115,25 +138,35 @@ function onNotice(notice) {
   redraw();
 }
 
-/** A fresh feed connection: the thread list from the API, then the snapshot's active runs on top. */
+/**
+ * A fresh feed connection: the thread list from the API, the snapshot's active runs on top, then
+ * the notices that came in meanwhile (the list may already reflect some of them; applying a
+ * notice twice changes nothing).
+ */
 async function resync(activeRuns) {
-  const { threads: list } = await api.threads();
-  const known = new Map(threads);
-  threads.clear();
-  for (const thread of list) {
-    threads.set(thread.id, {
-      ...(known.get(thread.id) || {}),
-      id: thread.id,
-      title: thread.title,
-      status: threadStatus(thread.last_run_status),
-      pending: [],
-    });
+  try {
+    const { threads: list } = await api.threads();
+    const known = new Map(threads);
+    threads.clear();
+    for (const thread of list) {
+      threads.set(thread.id, {
+        ...(known.get(thread.id) || {}),
+        id: thread.id,
+        title: thread.title,
+        status: threadStatus(thread.last_run_status),
+        pending: [],
+      });
+    }
+    for (const run of activeRuns) {
+      const pending = run.pendingApprovals.map((call) => ({ ...call, decision: null }));
+      setRunState(run.threadId, run.runId, run.status, { pending });
+    }
+  } finally {
+    const held = heldNotices;
+    heldNotices = null;
+    for (const notice of held) applyNotice(notice);
+    redraw();
   }
-  for (const run of activeRuns) {
-    const pending = run.pendingApprovals.map((call) => ({ ...call, decision: null }));
-    setRunState(run.threadId, run.runId, run.status, { pending });
-  }
-  redraw();
 }
 
 // ---- the open thread --------------------------------------------------------------------
@@ -238,7 +271,7 @@ async function followThread(open, knownSeq, signal) {
     redraw();
   } finally {
     clearTimeout(saveTimer);
-    session.save();
+    if (!deletedThreads.has(session.threadId)) session.save();
   }
 }
 
@@ -524,9 +557,7 @@ function wire() {
     if (!confirm(`Delete "${info(threadId).title || "Untitled"}" and its whole history?`)) return;
     act(async () => {
       await api.remove(threadId);
-      threads.delete(threadId);
-      ThreadSession.forget(threadId);
-      location.hash = "";
+      forgetThread(threadId);
     });
   });
   $("chat-title").addEventListener("click", renameInline);
