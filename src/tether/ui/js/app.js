@@ -237,6 +237,7 @@ async function loadThread(threadId, signal) {
 async function followThread(open, knownSeq, signal) {
   const { session } = open;
   let saveTimer = null;
+  let keep = true; // whether this tab's record of the thread is worth saving when the follow ends
   const saveSoon = () => {
     saveTimer ??= setTimeout(() => {
       saveTimer = null;
@@ -263,6 +264,7 @@ async function followThread(open, knownSeq, signal) {
     if (signal.aborted) return;
     if (error.code === "invalid_last_event_id") {
       // This tab's saved position is not in the log (a different database): start afresh.
+      keep = false;
       ThreadSession.forget(session.threadId);
       if (current === open) openThread(session.threadId);
       return;
@@ -271,7 +273,7 @@ async function followThread(open, knownSeq, signal) {
     redraw();
   } finally {
     clearTimeout(saveTimer);
-    if (!deletedThreads.has(session.threadId)) session.save();
+    if (keep && !deletedThreads.has(session.threadId)) session.save();
   }
 }
 
