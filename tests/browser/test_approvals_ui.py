@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
@@ -31,6 +32,19 @@ async def decide(chat: ChatPage, approved: bool, reason: str = "") -> None:
     await expect(chat.page.locator("#approvals")).to_be_hidden()
 
 
+async def assert_outcome(chat: ChatPage, data_dir: Path, note: str, approved: bool, reason: str) -> None:
+    """An approved note is written once and reported; a denied one never runs, and the reason reaches the model."""
+    if approved:
+        await chat.assert_last_answer(f"write_note says: saved the note '{note}'")
+        await expect(chat.page.locator(".tool[data-status=done]")).to_have_count(1)
+        assert notes(data_dir) == [note]
+        assert len(tool_log(data_dir)) == 1
+    else:
+        await expect(chat.page.locator(".tool[data-status=denied]")).to_have_count(1)
+        assert reason in await chat.last_assistant_text()
+        assert notes(data_dir) == [] and tool_log(data_dir) == []
+
+
 @pytest.mark.parametrize("approved", [True, False], ids=["approve", "deny"])
 async def test_the_approval_dialog_survives_a_reload(server, context, approved):
     chat = await new_chat(context, server.url)
@@ -39,16 +53,7 @@ async def test_the_approval_dialog_survives_a_reload(server, context, approved):
     await expect(chat.approval()).to_contain_text("write_note")
     await decide(chat, approved, reason="" if approved else "not today")
     await settled_runs(server.url, chat.thread_id, 1)
-    if approved:
-        await chat.assert_last_answer("write_note says: saved the note 'hello'")
-        await expect(chat.page.locator(".tool[data-status=done]")).to_have_count(1)
-        assert notes(server.settings.data_dir) == ["hello"]
-        assert len(tool_log(server.settings.data_dir)) == 1
-    else:
-        await expect(chat.page.locator(".tool[data-status=denied]")).to_have_count(1)
-        assert "not today" in await chat.last_assistant_text()
-        assert notes(server.settings.data_dir) == []
-        assert tool_log(server.settings.data_dir) == []
+    await assert_outcome(chat, server.settings.data_dir, "hello", approved, "not today")
     async with TetherClient(server.url) as client:
         await chat.assert_shows((await client.get_thread(chat.thread_id))["messages"])
 
@@ -77,14 +82,7 @@ async def test_the_approval_dialog_survives_a_server_restart(tether_process, con
     await expect(chat.approval()).to_contain_text("after restart")
     await decide(chat, approved, reason="" if approved else "not after a restart")
     await settled_runs(restarted.url, chat.thread_id, 1)
-    if approved:
-        await chat.assert_last_answer("write_note says: saved the note 'after restart'")
-        assert notes(server.data_dir) == ["after restart"]
-        assert len(tool_log(server.data_dir)) == 1
-    else:
-        await expect(chat.page.locator(".tool[data-status=denied]")).to_have_count(1)
-        assert "not after a restart" in await chat.last_assistant_text()
-        assert notes(server.data_dir) == [] and tool_log(server.data_dir) == []
+    await assert_outcome(chat, server.data_dir, "after restart", approved, "not after a restart")
 
 
 async def test_two_tabs_share_runs_and_decisions(server, context):
