@@ -106,9 +106,6 @@ class ChatPage:
         await expect(self.page.locator("#send")).to_be_visible(timeout=within_ms)
         await expect(self.page.locator("#chat-status")).to_have_text("", timeout=within_ms)
 
-    async def wait_for_status(self, status: str, within_ms: float = 30_000) -> None:
-        await expect(self.page.locator("#chat-status")).to_have_attribute("data-status", status, timeout=within_ms)
-
     def approval(self, index: int = 0) -> Locator:
         return self.page.locator("[data-testid=approval]").nth(index)
 

@@ -1,17 +1,9 @@
 // The Tether HTTP API, as the UI uses it: JSON in, JSON out, errors as ApiError.
 
+import { ApiError, errorOf } from "./errors.js";
 import { follow } from "./sse.js";
 
 const TOKEN_KEY = "tether.token";
-
-/** An error answer: `status` and the server's `{error: {code, message}}`. */
-export class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
 
 export class Api {
   /** @param {() => Promise<void>} askForToken called on 401; resolves once a new token is stored. */
@@ -107,14 +99,5 @@ export class Api {
         await this.askForToken(error.message);
       }
     }
-  }
-}
-
-async function errorOf(response) {
-  try {
-    const body = await response.json();
-    return new ApiError(response.status, body.error.code, body.error.message);
-  } catch {
-    return new ApiError(response.status, `http_${response.status}`, response.statusText || "request failed");
   }
 }

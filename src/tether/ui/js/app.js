@@ -2,14 +2,15 @@
 // open thread's stream, and turns clicks into API calls. Folding lives in session.js and fold.js,
 // drawing in view.js.
 
-import { Api, ApiError } from "./api.js";
+import { Api } from "./api.js";
+import { ApiError } from "./errors.js";
 import { ACTIVE, chatBlocks, ThreadSession, threadStatus } from "./session.js";
 import { sleep } from "./sse.js";
 import { drawApprovals, drawMessages, drawThreadList, statusLabel } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 
-/** What the UI knows of each thread: {id, title, status, runId, error, pending}, newest first. */
+/** What the UI knows of each thread: {id, title, status, runId, error, stopped, pending}, newest first. */
 const threads = new Map();
 /** Runs the UI has seen end. */
 const endedRuns = new Set();

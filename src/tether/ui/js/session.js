@@ -33,7 +33,6 @@ export class ThreadSession {
       if (!saved || saved.version !== VERSION) return null;
       const session = new ThreadSession(threadId, saved.messages, saved.seq);
       session.timings = saved.timings;
-      session.run = saved.run;
       return session;
     } catch {
       return null;
@@ -41,7 +40,7 @@ export class ThreadSession {
   }
 
   save() {
-    const record = { version: VERSION, seq: this.seq, messages: this.transcript.messages, timings: this.timings, run: this.run };
+    const record = { version: VERSION, seq: this.seq, messages: this.transcript.messages, timings: this.timings };
     try {
       sessionStorage.setItem(ThreadSession.key(this.threadId), JSON.stringify(record));
     } catch {

@@ -4,6 +4,8 @@
 // paused, so streams are read with fetch: each frame's `id:` is remembered and sent back as
 // Last-Event-ID on the next connection, which makes the server replay exactly what was missed.
 
+import { ApiError, errorOf } from "./errors.js";
+
 /** Splits a text/event-stream into frames ({id, data}); comments become {comment}. */
 export class FrameParser {
   constructor() {
@@ -50,20 +52,11 @@ function parseBlock(block) {
   return null;
 }
 
-/** An HTTP error answer from the server: its status and `{error: {code, message}}`. */
-export class StreamRefused extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
 /**
  * Follow `url` until `signal` aborts, reconnecting with backoff after network errors and server
  * restarts. `onEvent(payload, seq)` gets each event in order; `onState("live" | "reconnecting")`
  * says whether the stream is connected. An HTTP error answer (401, 404, 400…) ends the follow by
- * rejecting with StreamRefused, since retrying it would not help.
+ * rejecting with an ApiError, since retrying it would not help.
  *
  * @param {string} url
  * @param {{after?: number|null, headers?: () => object, onEvent: Function, onState?: Function,
@@ -104,7 +97,7 @@ export async function follow(url, { after = null, headers = () => ({}), onEvent,
         }
       }
     } catch (error) {
-      if (error instanceof StreamRefused) throw error;
+      if (error instanceof ApiError) throw error;
     } finally {
       clearTimeout(watchdog);
       signal.removeEventListener("abort", stop);
@@ -118,18 +111,10 @@ export async function follow(url, { after = null, headers = () => ({}), onEvent,
 }
 
 async function refusal(response) {
-  let code = "http_" + response.status;
-  let message = response.statusText;
-  try {
-    const body = await response.json();
-    code = body.error.code;
-    message = body.error.message;
-  } catch {
-    // Not Tether's JSON (a proxy's error page): keep the status line.
-  }
-  // 503 is a server shutting down or restarting: worth retrying, unlike the others.
-  if (response.status === 503 || response.status === 502 || response.status === 504) return new Error(message);
-  return new StreamRefused(response.status, code, message);
+  const error = await errorOf(response);
+  // 502–504 are a server shutting down, restarting or behind a restarting proxy: worth retrying,
+  // unlike the others. A plain Error is caught by the reconnect loop.
+  return [502, 503, 504].includes(response.status) ? new Error(error.message) : error;
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts or the window fires `wakeOn`. */
