@@ -127,11 +127,16 @@ def _last_complete_seq(raw: bytes) -> int:
 
 
 async def test_slow_consumer_is_cut_off_without_slowing_the_run_and_resumes(start_server, tmp_path: Path):
-    server = start_server(stream_buffer=100)
+    server = start_server(stream_buffer=100, keepalive_seconds=0.2)
     async with TetherClient(server.url) as client:
         thread = await client.create_thread()
         stalled = _raw_stream_socket(server.settings.port, f"/v1/threads/{thread['id']}/stream", 0)
-        first_bytes = stalled.recv(1024)
+        # Only a live follower sends keep-alives: wait for one, so that the run below reaches this
+        # client live. (A follower that falls behind while it is still replaying the log just
+        # replays again at its reader's pace; it is not cut off.)
+        first_bytes = b""
+        while b": keep-alive" not in first_bytes:
+            first_bytes += stalled.recv(1024)
         assert first_bytes.startswith(b"HTTP/1.1 200")
 
         run = await client.send(thread["id"], "/stream 30000")
