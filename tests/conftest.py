@@ -1,10 +1,16 @@
-"""Test fixtures: real Tether servers over loopback.
+"""Test fixtures: real Tether servers over loopback, on both engines.
 
 - `server`: a Tether app served by uvicorn in a background thread of the test
   process (fast to start; real HTTP over 127.0.0.1). `start_server(...)`
   starts one with any settings.
 - `TetherProcess`: a real `tether serve` subprocess, for what only a process
   can show (startup, signals, SIGKILL).
+
+Every test that uses them runs twice: on SQLite with the in-process bus, and
+on PostgreSQL with Redis (`[postgres]`), each server with a database and a
+Redis prefix of its own (a restarted process on the same data directory
+finds the same database). A test marked `sqlite_only` runs on SQLite alone.
+Without PostgreSQL or Redis the `[postgres]` tests skip, unless CI=true.
 """
 
 from __future__ import annotations
@@ -15,23 +21,119 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import uvicorn
 
-from tether.app import create_app
+from tether.app import create_app, open_store
 from tether.config import Settings
+from tether.store import Store
 
 IN_CI = os.environ.get("CI") == "true"
+POSTGRES = os.environ.get("TETHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+"""A PostgreSQL server where tests may create databases (trust auth on this machine)."""
+REDIS = os.environ.get("TETHER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+T = TypeVar("T")
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def require(url: str, what: str) -> None:
+    """Skip a test whose server is missing, on a laptop; under CI=true, fail it."""
+    if not _reachable(url):
+        message = f"{what} is not reachable at {url} (set TETHER_TEST_POSTGRES / TETHER_TEST_REDIS)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`sqlite_only` tests run on SQLite alone: their PostgreSQL variant is not collected at all."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("store_kind") == "postgres"
+        (drop if on_postgres and item.get_closest_marker("sqlite_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+class Databases:
+    """A PostgreSQL database per data directory, created on first use and dropped at the end."""
+
+    def __init__(self) -> None:
+        self._made: dict[Path, str] = {}
+
+    def settings(self, data_dir: Path) -> dict[str, Any]:
+        name = self._made.get(data_dir)
+        if name is None:
+            name = f"tether_test_{uuid.uuid4().hex[:16]}"
+            subprocess.run(_psql(f"CREATE DATABASE {name}"), check=True, capture_output=True)
+            self._made[data_dir] = name
+        base = POSTGRES.rsplit("/", 1)[0]
+        return {"database": f"{base}/{name}", "redis": REDIS, "redis_prefix": f"test:{name}:"}
+
+    def drop_all(self) -> None:
+        for name in self._made.values():
+            subprocess.run(_psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"), capture_output=True)
+
+
+def _psql(sql: str) -> list[str]:
+    return ["psql", POSTGRES, "-qc", sql]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        require(POSTGRES, "PostgreSQL")
+        require(REDIS, "Redis")
+    return request.param
+
+
+@pytest.fixture
+def engines(store_kind: str) -> Iterator[Callable[[Path], dict[str, Any]]]:
+    """engines(data_dir) → the settings that put a server with that data directory on this test's engines."""
+    if store_kind == "sqlite":
+        yield lambda data_dir: {}
+        return
+    databases = Databases()
+    yield databases.settings
+    databases.drop_all()
+
+
+def as_flags(settings: dict[str, Any]) -> list[str]:
+    return [arg for name, value in settings.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+
+
+async def with_store(settings: Settings, use: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store a (stopped) server used, and read it through the store's own code."""
+    store = open_store(settings)
+    await store.open()
+    try:
+        return await use(store)
+    finally:
+        await store.close()
 
 
 class ServerThread:
@@ -75,12 +177,13 @@ class ServerThread:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator:
+def start_server(tmp_path: Path, engines: Callable[[Path], dict[str, Any]]) -> Iterator:
     """A factory: start_server(token=..., max_body_bytes=...) → a running ServerThread."""
     started: list[ServerThread] = []
 
     def start(**overrides: object) -> ServerThread:
-        settings = Settings(data_dir=tmp_path / f"data{len(started)}", **overrides)  # type: ignore[arg-type]
+        data_dir = tmp_path / f"data{len(started)}"
+        settings = Settings(data_dir=data_dir, **{**engines(data_dir), **overrides})  # type: ignore[arg-type]
         server = ServerThread(settings).start()
         started.append(server)
         return server
@@ -104,10 +207,21 @@ class TetherProcess:
 
     _count = itertools.count()
 
-    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        engines: dict[str, Any] | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.engines = engines or {}
         port_args = [] if "--port" in extra_args else ["--port", "0"]
-        self.args = [sys.executable, "-m", "tether", "serve", *port_args, "--data-dir", str(data_dir), *extra_args]
+        self.args = [
+            *(sys.executable, "-m", "tether", "serve", *port_args, "--data-dir", str(data_dir)),
+            *as_flags(self.engines),
+            *extra_args,
+        ]
         self.env = {**os.environ, **(env or {})}
         self.log_path = data_dir.parent / f"server-{os.getpid()}-{next(self._count)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -146,14 +260,20 @@ class TetherProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def settings(self) -> Settings:
+        """The settings that find this process's store (its data directory and engines)."""
+        return Settings(data_dir=self.data_dir, **self.engines)
+
 
 @pytest.fixture
-def tether_process(tmp_path: Path) -> Iterator:
+def tether_process(tmp_path: Path, engines: Callable[[Path], dict[str, Any]]) -> Iterator:
     """A factory for TetherProcess; every process is killed at the end of the test."""
     procs: list[TetherProcess] = []
 
     def make(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> TetherProcess:
-        proc = TetherProcess(data_dir or tmp_path / "data", *args, env=env)
+        data_dir = data_dir or tmp_path / "data"
+        proc = TetherProcess(data_dir, *args, env=env, engines=engines(data_dir))
         procs.append(proc)
         return proc
 

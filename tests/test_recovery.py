@@ -2,10 +2,10 @@
 
 Kill points are deterministic where possible: TETHER_CRASH_AT=name[@n] makes the server kill
 itself at a named point (see tether/faults.py). After each kill the server restarts on the
-same data directory and the test checks what a user would: the run completes, tools ran at
-most once (or, if idempotent, were re-run only when their result was never recorded),
-folding the stream renders the stored history, a reader that was connected resumes with
-Last-Event-ID without gap or duplicate, and the SQLite file is intact.
+same data directory (and database) and the test checks what a user would: the run completes,
+tools ran at most once (or, if idempotent, were re-run only when their result was never
+recorded), folding the stream renders the stored history, a reader that was connected resumes
+with Last-Event-ID without gap or duplicate, and an SQLite file is intact.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,30 +23,31 @@ import pytest
 from tether.client import TetherClient
 from tether.transcript import comparable, fold
 
-from .conftest import TetherProcess, tool_log, wait_for_status
+from .conftest import TetherProcess, tool_log, wait_for_status, with_store
 
 
-def integrity(data_dir: Path) -> str:
-    with sqlite3.connect(data_dir / "tether.db") as db:
+def integrity(proc: TetherProcess) -> str:
+    """SQLite's own check of the file a killed server left ("ok"; PostgreSQL keeps its own integrity)."""
+    if proc.settings.database is not None:
+        return "ok"
+    with sqlite3.connect(proc.settings.database_path) as db:
         return db.execute("PRAGMA integrity_check").fetchone()[0]
 
 
-def status_in_store(data_dir: Path, run_id: str) -> str:
-    with sqlite3.connect(data_dir / "tether.db") as db:
-        return db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+async def status_in_store(proc: TetherProcess, run_id: str) -> str:
+    run = await with_store(proc.settings, lambda store: store.get_run(run_id))
+    assert run is not None
+    return run.status
 
 
-def checkpointed_tool_returns(data_dir: Path, run_id: str) -> set[str]:
-    """Tool call ids whose results are in the run's latest checkpoint (as the store holds it now)."""
-    with sqlite3.connect(data_dir / "tether.db") as db:
-        row = db.execute(
-            "SELECT messages FROM checkpoints WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,)
-        ).fetchone()
-    if row is None:
+async def checkpointed_tool_returns(proc: TetherProcess, thread_id: str) -> set[str]:
+    """Tool call ids whose results are in the thread's latest checkpoint (as the store holds it now)."""
+    checkpoint = await with_store(proc.settings, lambda store: store.latest_checkpoint(thread_id))
+    if checkpoint is None:
         return set()
     return {
         part["tool_call_id"]
-        for message in json.loads(row[0])
+        for message in json.loads(checkpoint.json())
         for part in message.get("parts", [])
         if part.get("part_kind") == "tool-return"
     }
@@ -134,9 +134,9 @@ async def crash_and_recover(
             await before_crash(client, thread["id"], run["run_id"])
     code = await asyncio.to_thread(wait_dead, crashing)
     assert code == -signal.SIGKILL, f"the server did not crash at {crash_at}:\n{crashing.log()[-3000:]}"
-    assert integrity(crashing.data_dir) == "ok"
-    checkpointed = checkpointed_tool_returns(crashing.data_dir, run["run_id"])
-    reader.status_at_crash = status_in_store(crashing.data_dir, run["run_id"])
+    assert integrity(crashing) == "ok"
+    checkpointed = await checkpointed_tool_returns(crashing, thread["id"])
+    reader.status_at_crash = await status_in_store(crashing, run["run_id"])
     logged_before = Counter(e["tool_call_id"] for e in tool_log(crashing.data_dir))
 
     restarted = tether_process(data_dir=crashing.data_dir).start()
@@ -232,7 +232,7 @@ async def test_kill_while_an_approved_note_is_being_written(tether_process):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
     server.stop(signal.SIGKILL)
-    assert integrity(server.data_dir) == "ok"
+    assert integrity(server) == "ok"
     restarted = tether_process(data_dir=server.data_dir).start()
     async with TetherClient(restarted.url) as client:
         done = await wait_for_status(client, run["run_id"], {"completed", "failed"}, within=60)
@@ -270,7 +270,7 @@ async def test_kill_during_a_burst_of_twenty_runs(tether_process):
         runs = await asyncio.gather(*[client.send(t["id"], "/steps 4 ms=150") for t in threads])
         await asyncio.sleep(0.3)  # every run is somewhere in its steps
     server.stop(signal.SIGKILL)
-    assert integrity(server.data_dir) == "ok"
+    assert integrity(server) == "ok"
     restarted = tether_process(data_dir=server.data_dir).start()
     async with TetherClient(restarted.url) as client:
         done = await asyncio.gather(
@@ -296,7 +296,7 @@ async def test_sigterm_stops_at_a_step_boundary_and_the_run_resumes(tether_proce
     assert code == 0, server.log()[-2000:]
     assert took < 5 + 3, f"shutdown took {took:.1f}s"
     assert "stopped at a step boundary" in server.log()
-    assert (await asyncio.to_thread(lambda: integrity(server.data_dir))) == "ok"
+    assert (await asyncio.to_thread(lambda: integrity(server))) == "ok"
     restarted = tether_process(data_dir=server.data_dir).start()
     reader.urls.append(restarted.url)
     async with TetherClient(restarted.url) as client:
@@ -349,6 +349,7 @@ async def test_shutdown_ends_streams_with_a_reconnect_comment(tether_process):
         await client.cancel(run["run_id"])
 
 
+@pytest.mark.sqlite_only  # one SQLite file, one process; PostgreSQL takes many workers
 async def test_a_second_server_on_the_same_data_dir_refuses_to_start(tether_process):
     first = tether_process().start()
     second = tether_process(data_dir=first.data_dir).spawn()

@@ -178,9 +178,10 @@ async def test_feed_shows_runs_start_and_finish(server):
     assert statuses[-3:] == ["queued", "running", "completed"]
 
 
+@pytest.mark.sqlite_only
 async def test_a_failed_write_fails_the_run_loudly(server):
     """A real SQLite failure (the database is full), not a mock: the run ends failed with the reason."""
-    writer = server.engine.store._writer
+    writer = server.engine.store.database._writer
 
     def set_max_pages(extra: int) -> Callable[[sqlite3.Connection], None]:
         def set_on(conn: sqlite3.Connection) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 
@@ -12,21 +13,26 @@ from tether.agents import check_model, load_agent
 from tether.api.errors import BearerAuthMiddleware, BodyLimitMiddleware, install_error_handlers
 from tether.api.routes import health_router, router
 from tether.api.ui import mount_ui
+from tether.bus import Bus
 from tether.bus.memory import MemoryBus
-from tether.config import Settings
+from tether.config import Settings, new_worker_id
 from tether.engine import Engine
-from tether.store.sqlite import SQLiteStore
+from tether.store import Store
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together; the message says how to fix them."""
 
 
 def create_app(settings: Settings) -> FastAPI:
     """A Tether app; the store opens and runs resume when the app's lifespan starts."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.worker_id is None:
+        settings = replace(settings, worker_id=new_worker_id())
     agent = load_agent(settings.agent, settings.data_dir)
     if settings.model is not None:
         check_model(settings.model)
-    store = SQLiteStore(settings.database_path)
-    store.lock()  # fail now, with a clear message, if another server uses this data directory
-    engine = Engine(store, MemoryBus(), agent, settings)
+    engine = Engine(open_store(settings), open_bus(settings), agent, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,3 +57,36 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=settings.token)
     return app
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the settings name (not yet opened: that happens in the app's lifespan)."""
+    url = settings.database
+    if settings.uses_postgres:
+        from tether.store.postgres import PostgresStore
+
+        if settings.redis is None:
+            raise ConfigError(
+                "PostgreSQL needs Redis for live streams and control between workers: add --redis redis://HOST:6379"
+            )
+        return PostgresStore(url)  # type: ignore[arg-type]
+    if url is not None and not url.startswith("sqlite:///"):
+        raise ConfigError(f"--database must be postgresql://… or sqlite:///PATH, got {url!r}")
+    if settings.workers > 1:
+        raise ConfigError(
+            "--workers above 1 needs PostgreSQL (--database postgresql://…) and Redis: SQLite is one process"
+        )
+    from tether.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(settings.database_path)
+    store.lock()  # fail now, with a clear message, if another server uses this database
+    return store
+
+
+def open_bus(settings: Settings) -> Bus:
+    if settings.redis is None:
+        return MemoryBus()
+    from tether.bus.redis import RedisBus
+
+    assert settings.worker_id is not None, "create_app names the worker before it makes the bus"
+    return RedisBus(settings.redis, prefix=settings.redis_prefix, worker_id=settings.worker_id)

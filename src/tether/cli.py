@@ -20,8 +20,10 @@ import uvicorn
 from tether import __version__
 from tether.config import (
     DEFAULT_KEEPALIVE_SECONDS,
+    DEFAULT_LEASE,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_RECOVERIES,
+    DEFAULT_MAX_RUNS,
     DEFAULT_PORT,
     DEFAULT_REQUEST_LIMIT,
     DEFAULT_SHUTDOWN_GRACE,
@@ -38,6 +40,8 @@ Examples:
   tether serve                                  the offline demo agent on http://127.0.0.1:8765
   tether serve --agent myapp.agents:support     your own pydantic-ai Agent
   tether serve --model openai:gpt-4.1           any pydantic-ai model (the provider's key in the env)
+  tether serve --database postgresql://db/tether --redis redis://cache:6379
+                                                one of several workers sharing PostgreSQL and Redis
   tether threads                                list the threads of a running server
   tether runs thr_123                           list the runs of one thread
   tether chat                                   chat in the terminal (a new thread; or give its id)
@@ -78,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     option("--host", str, "127.0.0.1", "address to bind; a non-loopback address needs --token")
     option("--port", int, DEFAULT_PORT, "port to bind (0: any free port)")
     option("--data-dir", Path, Path(".tether"), "where the SQLite database and demo files live")
+    option(
+        "--database",
+        str,
+        None,
+        "postgresql://USER@HOST/DB for several workers, or sqlite:///PATH; default: SQLite in the data directory",
+    )
+    option("--redis", str, None, "redis://HOST:6379: live streams and control between workers (needed with PostgreSQL)")
+    option("--redis-prefix", str, "tether:", "prefix of Tether's Redis channels (deployments sharing one stay apart)")
+    option(
+        "--lease",
+        float,
+        DEFAULT_LEASE,
+        "seconds a worker's claim on a run lives without renewal: a dead worker's runs are taken over after it",
+    )
+    option("--max-runs", int, DEFAULT_MAX_RUNS, "runs this worker executes at once; more wait in the queue")
     option("--agent", str, None, "your pydantic-ai Agent as module:attribute; default: the offline demo agent")
     option("--model", str, None, "a pydantic-ai model string used for every run, e.g. openai:gpt-4.1")
     option("--token", str, None, "require 'Authorization: Bearer TOKEN' on every /v1 route")
@@ -155,7 +174,16 @@ def serve_command(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         max_recoveries=args.max_recoveries,
         request_limit=args.request_limit,
+        database=args.database or None,
+        redis=args.redis or None,
+        redis_prefix=args.redis_prefix,
+        lease=args.lease,
+        max_runs=args.max_runs,
     )
+    problem = _check_numbers(settings)
+    if problem:
+        print(f"tether: {problem}", file=sys.stderr)
+        return 2
     if not settings.binds_loopback_only and not settings.token:
         print(
             f"tether: refusing to bind {settings.host} without a token: anyone on the network could "
@@ -164,19 +192,20 @@ def serve_command(args: argparse.Namespace) -> int:
         )
         return 2
     from tether.agents import AgentLoadError  # imported late: refusing a bad host needs none of it
-    from tether.app import create_app
+    from tether.app import ConfigError, create_app
     from tether.store.sqlite import DataDirInUse
 
     configure_logging(settings.log_level)
     try:
         app = create_app(settings)
-    except (AgentLoadError, DataDirInUse) as exc:
+    except (AgentLoadError, DataDirInUse, ConfigError) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2
     agent_name = settings.agent or "the offline demo agent"
     model = f", model {settings.model}" if settings.model else ""
+    engine = app.state.engine
     print(
-        f"Tether {__version__} serving {agent_name}{model}, data in {settings.data_dir}",
+        f"Tether {__version__} serving {agent_name}{model}, data in {engine.store.url}, worker {engine.worker_id}",
         flush=True,
     )
     config = uvicorn.Config(
@@ -190,6 +219,14 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     TetherServer(config, app.state.engine).run()
     return 0
+
+
+def _check_numbers(settings: Settings) -> str | None:
+    if settings.lease < 1:
+        return f"--lease must be at least 1 second, got {settings.lease:g}"
+    if settings.max_runs < 1:
+        return f"--max-runs must be at least 1, got {settings.max_runs}"
+    return None
 
 
 class TetherServer(uvicorn.Server):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +16,9 @@ DEFAULT_KEEPALIVE_SECONDS = 15.0
 DEFAULT_SHUTDOWN_GRACE = 10.0
 DEFAULT_MAX_RECOVERIES = 3
 DEFAULT_REQUEST_LIMIT = 50
+DEFAULT_LEASE = 10.0
+DEFAULT_MAX_RUNS = 100
+DEFAULT_OUTAGE_LIMIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,33 @@ class Settings:
     """Checkpoint before every model request. Only benchmarks turn this off, to measure its cost."""
     commit_interval: float = 0.002
     """Group commit: how long the journal gathers events before one transaction writes them."""
+    database: str | None = None
+    """`postgresql://…` or `sqlite:///path`; None is SQLite in the data directory."""
+    redis: str | None = None
+    """`redis://…`: live fan-out and control between workers (required with PostgreSQL)."""
+    redis_prefix: str = "tether:"
+    """Prefix of every Redis channel: deployments (and tests) sharing one Redis stay apart."""
+    lease: float = DEFAULT_LEASE
+    """How long a worker's claim on a run lives without renewal; a dead worker's runs are taken over after it."""
+    max_runs: int = DEFAULT_MAX_RUNS
+    """Runs one worker executes at once; more stay queued for other workers (or until some finish)."""
+    workers: int = 1
+    """Worker processes serving one port (more than one needs PostgreSQL)."""
+    worker_id: str | None = None
+    """This worker's name; None makes one from the host name and the process id."""
+    outage_limit: float = DEFAULT_OUTAGE_LIMIT
+    """How long a commit waits for an unreachable database before its runs fail."""
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file (when the database is SQLite)."""
+        if self.database is not None and self.database.startswith("sqlite:///"):
+            return Path(self.database.removeprefix("sqlite:///"))
         return self.data_dir / "tether.db"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database is not None and self.database.startswith(("postgresql://", "postgres://"))
 
     @property
     def binds_loopback_only(self) -> bool:
@@ -55,3 +84,8 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def new_worker_id() -> str:
+    """Unique across machines and restarts; says where the worker runs, for logs and `GET /v1/runs/{rid}`."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

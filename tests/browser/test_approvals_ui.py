@@ -15,6 +15,8 @@ from tether.client import TetherClient
 from ..conftest import notes, tool_log
 from .ui import ChatPage, new_chat, settled_runs
 
+pytestmark = pytest.mark.sqlite_only  # the UI against one engine; the engines are tested beside
+
 
 async def pause_on_approval(chat: ChatPage, text: str = "hello") -> None:
     await chat.send(f"/approve {text}")

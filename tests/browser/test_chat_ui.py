@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from playwright.async_api import expect
 
 from tether.client import TetherClient
 
 from .ui import ChatPage, new_chat, settled_runs
+
+pytestmark = pytest.mark.sqlite_only  # the UI against one engine; the engines are tested beside
 
 WORDS_400 = " ".join(f"w{i}" for i in range(1, 401))
 

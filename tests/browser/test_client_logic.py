@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tether.client import TetherClient
 from tether.transcript import comparable, fold
 
 from ..conftest import thread_events, wait_for_status
 from .ui import settled_runs
+
+pytestmark = pytest.mark.sqlite_only  # the UI against one engine; the engines are tested beside
 
 FOLD_IN_JS = """async (events) => {
   const { fold } = await import('/ui/js/fold.js');

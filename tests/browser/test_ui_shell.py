@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.async_api import expect
 
 from tether.client import TetherClient
 
 from .ui import ChatPage, new_chat, settled_runs
+
+pytestmark = pytest.mark.sqlite_only  # the UI against one engine; the engines are tested beside
 
 
 async def test_the_thread_list_follows_the_api_live(server, context):

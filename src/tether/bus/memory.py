@@ -1,4 +1,8 @@
-"""The in-process bus: one server process, any number of subscribers per channel."""
+"""The in-process bus: one server process, any number of subscribers per channel.
+
+It is also the local half of the Redis bus (tether.bus.redis), which keeps one inside for
+delivery within its own process.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +62,20 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 class MemoryBus:
     def __init__(self) -> None:
         self._subscribers: dict[str, set[MemorySubscription]] = defaultdict(set)
+        self.healthy = True
+        """Always: in one process every publish reaches every subscriber at once."""
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        """Does nothing: control messages go to *other* workers, and a single process has none."""
+
+    def on_control(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Never calls `handler`: no other worker can send this process a control message."""
 
     def subscribe(
         self, channel: str, maxsize: int, on_overflow: Callable[[], None] | None = None
@@ -69,6 +87,21 @@ class MemoryBus:
     def publish(self, channel: str, items: list[Any]) -> None:
         for sub in list(self._subscribers.get(channel, ())):
             sub._offer(items)
+
+    def has_subscribers(self, channel: str) -> bool:
+        """Whether anyone here follows `channel` (the Redis bus decodes only messages someone will read)."""
+        return channel in self._subscribers
+
+    def wake_all(self) -> None:
+        """End every pending get() now, with what it has (usually []), so that its follower looks again.
+
+        The Redis bus calls this when live delivery from other workers may have missed items, so that
+        each follower re-reads the store instead of waiting out its keep-alive. A subscription that is
+        not waiting at this moment is not affected.
+        """
+        for subs in self._subscribers.values():
+            for sub in subs:
+                _wake(sub._waiter)
 
     def _unsubscribe(self, channel: str, sub: MemorySubscription) -> None:
         subs = self._subscribers.get(channel)

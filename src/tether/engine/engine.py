@@ -1,8 +1,11 @@
 """The engine: threads and runs, their lifecycle, and the streams that follow them.
 
 Routes call the engine; the engine calls the store, the journal and the bus.
-Every run is an asyncio task owned here: started by `start_run`, cancelled
-by `cancel_run` or `stop`, and awaited before the process exits.
+A request never executes a run itself: it records it (queued, decided,
+cancel requested) in the store, whose transactions decide races between
+workers, and wakes a worker; this process's `Worker` executes the runs it
+claims, and any other worker may claim the rest. Every run is an asyncio task
+owned by the worker, awaited (or handed over) before the process exits.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import asdict
 from typing import Any, Literal
 
-from ag_ui.core import RunErrorEvent
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import infer_model
@@ -22,11 +25,11 @@ from pydantic_ai.ui.ag_ui import AGUIAdapter
 
 from tether import events
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
-from tether.config import Settings
+from tether.config import Settings, new_worker_id
 from tether.engine import collector
 from tether.engine.journal import Journal
-from tether.engine.runner import RunExecution, cancel_paused_run
 from tether.engine.streams import Follower
+from tether.engine.worker import Worker
 from tether.errors import BadRequest, Conflict, NotFound, Unavailable
 from tether.events import feed_notice
 from tether.store import ACTIVE_STATUSES, TERMINAL_STATUSES, Decision, InboxItem, Run, Store, Thread
@@ -42,85 +45,63 @@ class Engine:
         self.bus = bus
         self.agent = agent
         self.settings = settings
-        self.journal = Journal(store, bus, settings.commit_interval)
-        self._executions: dict[str, tuple[RunExecution, asyncio.Task[None]]] = {}
+        self.worker_id = settings.worker_id or new_worker_id()
+        self.journal = Journal(
+            store, bus, settings.commit_interval, outage_limit=settings.outage_limit, on_lease_lost=self._lease_lost
+        )
+        self.worker = Worker(self.worker_id, store, self.journal, bus, agent, settings, self._after_run)
         self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._background: set[asyncio.Task[None]] = set()
-        """Background work that is not a run: recovery at start-up, starting a thread's next run."""
+        """Serialise one process's requests per thread; across workers the store's transactions decide."""
         self._accepting = False
         self.closing = asyncio.Event()
         """Set when the server begins to shut down: streams end with a comment telling clients to reconnect."""
 
     async def start(self) -> None:
-        """Open the store and start serving; runs left running by a dead process resume in the background."""
+        """Open the store and start serving; this worker then claims the runs that need one (queued
+        runs, and runs a dead or stopped worker left running) in the background."""
         await self.store.open()
+        await self.bus.start()
+        self.bus.on_control(self._on_control)
         await self.journal.start()
         collector.settle_after_start_up()
         self._accepting = True
-        self._track(asyncio.create_task(self._recover(), name="recover"))
+        await self.worker.start()
+        log.info("worker %s serving on %s, %s", self.worker_id, self.store.engine, type(self.bus).__name__)
 
     def begin_shutdown(self) -> None:
-        """First step of a graceful stop: refuse new runs (503), stop runs at their next step boundary,
-        and close every stream (clients reconnect with Last-Event-ID once the server is back)."""
+        """First step of a graceful stop: refuse new runs (503), stop runs at their next step boundary
+        (they are handed over to another worker, or resume on the next start), and close every stream
+        (clients reconnect with Last-Event-ID)."""
         self._accepting = False
         self.closing.set()
-        for runner, _ in self._executions.values():
-            runner.stop_at_step_boundary()
+        self.worker.begin_shutdown()
 
     async def stop(self) -> None:
-        """Give runs the grace period to reach a step boundary, stop the rest, commit, close the store."""
+        """Give runs the grace period to reach a step boundary, hand them over, commit, close."""
         self.begin_shutdown()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        tasks = [task for _, task in self._executions.values()]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning(
-                    "%d run(s) did not reach a step boundary within %.0fs; stopped where they were",
-                    len(late),
-                    self.settings.shutdown_grace,
-                )
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.worker.stop(self.settings.shutdown_grace)
         await self.journal.stop()
+        await self.bus.close()
         await self.store.close()
 
-    async def _recover(self) -> None:
-        """Resume the runs a dead (or stopped) process left running, and start queued ones.
+    def _lease_lost(self, run_ids: list[str]) -> None:
+        self.worker.lose(run_ids)
 
-        Runs awaiting approval need nothing: their state is in the store.
-        """
-        found = await self.store.runs_with_status(("running",))
-        if found:
-            log.info("%d run(s) were running when the server stopped; resuming them", len(found))
-        for run in found:
-            async with self._thread_locks[run.thread_id]:
-                current = await self.store.get_run(run.id)  # a request may have cancelled it meanwhile
-                if current is None or current.status != "running" or run.id in self._executions:
-                    continue
-                if current.recoveries >= self.settings.max_recoveries:
-                    await self._fail_unrecoverable(current)
-                else:
-                    await self._launch(current, mode="recover")
-        queued_threads = {run.thread_id for run in await self.store.runs_with_status(("queued",))}
-        for thread_id in queued_threads:
-            await self._start_next(thread_id)
+    def _on_control(self, message: dict[str, Any]) -> None:
+        """A message from another worker."""
+        op = message.get("op")
+        if op == "wake":
+            self.worker.wake()
+        elif op == "cancel":
+            self.worker.cancel(message["run"], message["reason"], bool(message.get("discards")))
+        elif op == "steer":
+            self.worker.steer(InboxItem(**message["item"]))
 
-    async def _fail_unrecoverable(self, run: Run) -> None:
-        reason = (
-            f"the server stopped during this run {run.recoveries + 1} times; it was resumed "
-            f"{run.recoveries} times (--max-recoveries) and is given up"
-        )
-        await self.journal.open_thread(run.thread_id)
-        self.journal.event(
-            run.thread_id, run.id, events.RUN_ERROR, events.encode(_run_error(reason, "too_many_recoveries"))
-        )
-        self.journal.run_status(run, "failed", error=reason)
-        await self.journal.commit()
-        log.warning("run %s failed: %s", run.id, reason)
+    def _wake_workers(self) -> None:
+        """A run needs a worker: this one if it has room, else the others."""
+        self.worker.wake()
+        if not self.worker.has_capacity:
+            self.bus.send_control({"op": "wake"})
 
     # threads
 
@@ -167,7 +148,7 @@ class Engine:
         snapshot = await self.store.thread_snapshot(thread_id)
         messages = []
         if snapshot.checkpoint is not None:
-            history = ModelMessagesTypeAdapter.validate_json(snapshot.checkpoint.messages)
+            history = ModelMessagesTypeAdapter.validate_json(snapshot.checkpoint.json())
             dumped = AGUIAdapter.dump_messages(history)
             messages = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in dumped]
         return messages, snapshot.last_seq, None if snapshot.run_active else snapshot.last_seq
@@ -177,7 +158,8 @@ class Engine:
     async def start_run(
         self, thread_id: str, user_input: str, multitask: Multitask = "reject", model: str | None = None
     ) -> Run:
-        """Start a run with the user's message; `multitask` says what to do if one is active (invariant 5)."""
+        """Queue a run with the user's message; `multitask` says what to do if one is active (invariant 5).
+        A worker with room (this one, if it has) claims it at once."""
         self._check_accepting()
         if model is not None:
             _check_model(model)
@@ -185,26 +167,23 @@ class Engine:
             run, _ = await self.steer(thread_id, user_input)
             return run
         async with self._thread_locks[thread_id]:
-            await self.get_thread(thread_id)
-            active = await self.active_runs(thread_id)
-            if active and multitask == "reject":
-                raise Conflict(
-                    f"thread {thread_id!r} already has an active run {active[0].id!r} ({active[0].status}); "
-                    "wait for it, cancel it, or send with multitask 'enqueue', 'steer' or 'interrupt'",
-                    code="thread_busy",
-                )
             if multitask == "interrupt":
-                for run in active:
-                    if run.status != "queued":
-                        await self._cancel(run, "interrupted by a new message", discard_partial=True)
-                active = [r for r in active if r.status == "queued"]
-            run = await self._create_run(thread_id, user_input, multitask, model)
-            if multitask == "interrupt" or not active:
-                await self._launch(run)
+                for active in await self.active_runs(thread_id):
+                    if active.status != "queued":
+                        await self._cancel(active, "interrupted by a new message", discard_partial=True)
+            run = await self._create_run(thread_id, user_input, multitask, model, unless_active=multitask == "reject")
+        self._wake_workers()
         return run
 
     async def _create_run(
-        self, thread_id: str, user_input: str, multitask: str, model: str | None, retry_of: Run | None = None
+        self,
+        thread_id: str,
+        user_input: str,
+        multitask: str,
+        model: str | None,
+        retry_of: Run | None = None,
+        *,
+        unless_active: bool = False,
     ) -> Run:
         run = Run(
             id=_new_id("run"),
@@ -217,7 +196,13 @@ class Engine:
             retry_of=retry_of.id if retry_of else None,
             base_checkpoint_id=retry_of.base_checkpoint_id if retry_of else None,
         )
-        await self.store.create_run(run)
+        active = await self.store.create_run(run, unless_active=unless_active)
+        if active is not None:
+            raise Conflict(
+                f"thread {thread_id!r} already has an active run {active.id!r} ({active.status}); "
+                "wait for it, cancel it, or send with multitask 'enqueue', 'steer' or 'interrupt'",
+                code="thread_busy",
+            )
         self.journal.feed(thread_id, run.id, feed_notice("run.created", thread_id, run.id, status="queued"))
         await self.journal.commit()
         return run
@@ -234,20 +219,26 @@ class Engine:
         self._check_accepting()
         async with self._thread_locks[thread_id]:
             await self.get_thread(thread_id)
-            active = await self.active_runs(thread_id)
-            target = next((r for r in active if r.status != "queued"), active[0] if active else None)
-            if target is None:
-                run = await self._create_run(thread_id, user_input, "steer", None)
-                await self._launch(run)
-                return run, "new_run"
-            item = InboxItem(id=_new_id("stx"), run_id=target.id, input=user_input, created_at=time.time())
-            await self.store.add_to_inbox(item)
-            execution = self._executions.get(target.id)
-            if execution is not None:
-                execution[0].steer(item)
-            self.journal.feed(thread_id, target.id, feed_notice("run.steered", thread_id, target.id, steerId=item.id))
-            await self.journal.commit()
-            return target, "inbox"
+            for _ in range(5):  # the active run may end meanwhile: then look again
+                active = await self.active_runs(thread_id)
+                target = next((r for r in active if r.status != "queued"), active[0] if active else None)
+                if target is None:
+                    try:
+                        run = await self._create_run(thread_id, user_input, "steer", None, unless_active=True)
+                    except Conflict:
+                        continue  # a run became active meanwhile: steer that one
+                    self._wake_workers()
+                    return run, "new_run"
+                item = InboxItem(id=_new_id("stx"), run_id=target.id, input=user_input, created_at=time.time())
+                if not await self.store.add_to_inbox(item):
+                    continue
+                if not self.worker.steer(item):
+                    self.bus.send_control({"op": "steer", "item": asdict(item)})
+                notice = feed_notice("run.steered", thread_id, target.id, steerId=item.id)
+                self.journal.feed(thread_id, target.id, notice)
+                await self.journal.commit()
+                return target, "inbox"
+            raise Conflict(f"thread {thread_id!r} is changing too fast to steer; try again", code="thread_busy")
 
     async def retry(self, thread_id: str) -> Run:
         """Re-answer the last user message from the history before it, as a new run."""
@@ -264,14 +255,14 @@ class Engine:
             if not runs:
                 raise Conflict(f"thread {thread_id!r} has no user message to retry", code="nothing_to_retry")
             last = runs[-1]
-            run = await self._create_run(thread_id, last.input, "reject", last.model, retry_of=last)
+            run = await self._create_run(thread_id, last.input, "reject", last.model, retry_of=last, unless_active=True)
             # What the user said while the old answer ran is said again, with the message it steered.
             for item in await self.store.inbox(last.id):
                 if item.applied_at is not None:
                     again = InboxItem(id=_new_id("stx"), run_id=run.id, input=item.input, created_at=time.time())
                     await self.store.add_to_inbox(again)
-            await self._launch(run)
-            return run
+        self._wake_workers()
+        return run
 
     async def decide(self, run_id: str, decisions: dict[str, Decision]) -> Run:
         """Record approval decisions; when every pending call is decided, the run resumes (invariant 6)."""
@@ -305,9 +296,9 @@ class Engine:
             )
             await self.journal.commit()
             run = await self.get_run(run_id)
-            if complete:
-                await self._launch(run, mode="resume")
-            return run
+        if complete:
+            self._wake_workers()
+        return run
 
     async def get_run(self, run_id: str) -> Run:
         run = await self.store.get_run(run_id)
@@ -335,79 +326,48 @@ class Engine:
         return await self.get_run(run_id)
 
     async def _cancel(self, run: Run, reason: str, *, discard_partial: bool = False) -> None:
-        execution = self._executions.get(run.id)
-        if execution is not None:
-            runner, task = execution
-            runner.cancel(reason, discard_partial=discard_partial)
-            await asyncio.shield(task)
+        """Cancel a run wherever it is, and wait (up to a lease and a little) until it has ended."""
+        if self.worker.cancel(run.id, reason, discard_partial):
+            await self.worker.finished(run.id)
             return
-        if run.status == "awaiting_approval":
-            await cancel_paused_run(run, self.journal, self.store, reason)
+        if run.status == "queued" and await self.store.cancel_queued(run.id, reason):
+            self.journal.feed(
+                run.thread_id,
+                run.id,
+                feed_notice("run.status", run.thread_id, run.id, status="cancelled", error=reason),
+            )
+            await self.journal.commit()
             return
-        self.journal.run_status(run, "cancelled", error=reason)
-        await self.journal.commit()
-
-    async def _launch(self, run: Run, mode: Literal["start", "resume", "recover"] = "start") -> None:
-        await self.journal.open_thread(run.thread_id)
-        thread = await self.get_thread(run.thread_id)
-        runner = RunExecution(
-            run,
-            self.agent,
-            self.journal,
-            self.store,
-            model=self.settings.model,
-            allowed_tools=set(thread.allowed_tools),
-            mode=mode,
-            checkpoints=self.settings.checkpoints,
-            request_limit=self.settings.request_limit,
-        )
-        task = asyncio.create_task(runner.execute(), name=f"run-{run.id}")
-        self._executions[run.id] = (runner, task)
-        task.add_done_callback(lambda done: self._run_done(run, done))
-
-    def _run_done(self, run: Run, task: asyncio.Task[None]) -> None:
-        # A paused run may already be resuming in a new execution: forget only this one.
-        if run.id in self._executions and self._executions[run.id][1] is task:
-            del self._executions[run.id]
-        if self._accepting:
-            self._track(asyncio.create_task(self._start_next(run.thread_id, run), name=f"next-{run.thread_id}"))
-
-    def _track(self, task: asyncio.Task[None]) -> None:
-        """Own a background task: stop() cancels and awaits it; its failure is logged, never lost."""
-        self._background.add(task)
-        task.add_done_callback(self._untrack)
-
-    def _untrack(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
-
-    async def _start_next(self, thread_id: str, finished: Run | None = None) -> None:
-        """Start the oldest queued run of a thread, if nothing else is active there.
-
-        Steering messages that arrived too late for the run that just finished become a new run.
-        """
-        async with self._thread_locks[thread_id]:
-            if finished is not None:
-                await self._carry_over_steers(finished)
-            runs = await self.active_runs(thread_id)
-            if any(r.status != "queued" or r.id in self._executions for r in runs):
+        if run.status == "awaiting_approval" and await self.worker.end_paused(run, reason):
+            return
+        # Another worker executes it (or will: its lease lapsed, or it waits to be resumed): ask it, durably.
+        await self.store.request_cancel(run.id, reason, discard_partial)
+        self.bus.send_control({"op": "cancel", "run": run.id, "reason": reason, "discards": discard_partial})
+        self._wake_workers()
+        deadline = time.monotonic() + self.settings.lease + 5
+        while time.monotonic() < deadline:
+            if self.worker.cancel(run.id, reason, discard_partial):  # this worker claimed it meanwhile
+                await self.worker.finished(run.id)
                 return
-            queued = [r for r in runs if r.status == "queued"]
-            if queued and self._accepting:
-                await self._launch(queued[0])
+            current = await self.store.get_run(run.id)
+            if current is None or current.status in TERMINAL_STATUSES:
+                return
+            await asyncio.sleep(0.05)
+        log.warning("run %s: cancel requested, but it has not ended yet; its worker ends it", run.id)
 
-    async def _carry_over_steers(self, finished: Run) -> None:
+    async def _after_run(self, finished: Run) -> None:
+        """Steering messages that arrived too late for the run that just ended become a new run."""
         run = await self.store.get_run(finished.id)
-        if run is None or run.status == "awaiting_approval":
-            return  # a paused run applies its inbox when it resumes
+        if run is None or run.status != "completed":
+            return  # a paused run applies its inbox when it resumes; a cancelled or failed one keeps it unapplied
         late = [item for item in await self.store.inbox(run.id) if item.applied_at is None]
-        if not late or run.status != "completed":
-            return  # a cancelled or failed run's late steering stays unapplied in its inbox
+        if not late:
+            return
         for item in late:
             self.journal.inbox_applied(item.id)
         follow_up = await self._create_run(run.thread_id, "\n\n".join(i.input for i in late), "steer", run.model)
         log.info("steering for run %s arrived after its last step; it becomes run %s", run.id, follow_up.id)
+        self._wake_workers()
 
     # streams
 
@@ -473,10 +433,6 @@ def _ends_run(event: events.Event) -> bool:
     if event.type == events.RUN_ERROR:
         return True
     return event.type == events.RUN_FINISHED and '"type":"interrupt"' not in event.data
-
-
-def _run_error(message: str, code: str) -> RunErrorEvent:
-    return RunErrorEvent(message=message, code=code, timestamp=int(time.time() * 1000))
 
 
 def _check_model(model: str) -> None:

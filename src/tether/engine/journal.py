@@ -6,9 +6,15 @@ in one transaction, and only then publishes the events on the bus. So a client
 never sees an event that a crash could lose (durable before visible), and
 order is simple: whatever was appended first is committed no later.
 
-Sequence numbers are given at append time, per thread, +1 per event. One
-process owns a thread's appends at a time (one active run per thread), so a
-counter in memory, loaded from the store on first use, is enough.
+Sequence numbers are given at append time, per thread, +1 per event. Only
+the worker that holds the lease of a thread's active run appends its events,
+so a counter in memory, loaded from the store when the run is claimed, is
+enough; and the store refuses a commit whose lease was taken over (fencing),
+so a worker that lost a lease writes nothing more of that run. Feed numbers
+are given by the commit itself (they must follow commit order across workers).
+
+A database that cannot be reached is waited for (up to `outage_limit`
+seconds), the batch retried; runs block on `commit()` meanwhile.
 """
 
 from __future__ import annotations
@@ -17,12 +23,25 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.events import Event, FeedItem, feed_notice
 from tether.faults import crash_point
-from tether.store import TERMINAL_STATUSES, Checkpoint, Run, RunStatus, Store, ToolMark, WriteBatch
+from tether.store import (
+    TERMINAL_STATUSES,
+    Checkpoint,
+    FeedNotice,
+    Lease,
+    LeaseLost,
+    Run,
+    RunStatus,
+    Store,
+    ToolMark,
+    WriteBatch,
+)
+from tether.store.db import StoreUnavailable
 
 log = logging.getLogger("tether.journal")
 
@@ -38,9 +57,23 @@ class JournalError(RuntimeError):
 
 
 class Journal:
-    def __init__(self, store: Store, bus: Bus, interval: float, max_pending: int = 2_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        interval: float,
+        max_pending: int = 2_000,
+        *,
+        outage_limit: float = 60.0,
+        on_lease_lost: Callable[[list[str]], None] = lambda run_ids: None,
+    ) -> None:
         self._store = store
         self._bus = bus
+        self._outage_limit = outage_limit
+        self._on_lease_lost = on_lease_lost
+        self._leases: dict[str, Lease] = {}
+        self._lost: set[str] = set()
+        """Runs whose lease another worker took: nothing more of them is written."""
         self._interval = interval
         self._busy = False
         """The last group was large: gather longer (BUSY_FACTOR times the interval) to amortise each transaction."""
@@ -51,13 +84,11 @@ class Journal:
         self._waiters: list[asyncio.Future[None]] = []
         self._next_seq: dict[str, int] = {}
         self._failures: dict[str, BaseException] = {}
-        self._feed_seq = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._writing = False
 
     async def start(self) -> None:
-        self._feed_seq = await self._store.last_feed_seq()
         self._task = asyncio.create_task(self._write_loop(), name="tether-journal")
 
     async def stop(self) -> None:
@@ -82,7 +113,21 @@ class Journal:
         self._next_seq.pop(thread_id, None)
         self._failures.pop(thread_id, None)
 
+    def hold(self, lease: Lease) -> None:
+        """Write this run's items under its lease from now on (the store checks it at every commit)."""
+        self._leases[lease.run_id] = lease
+        self._lost.discard(lease.run_id)
+
+    def release(self, run_id: str) -> None:
+        self._leases.pop(run_id, None)
+        self._lost.discard(run_id)
+
+    def lost(self, run_id: str) -> bool:
+        return run_id in self._lost
+
     def event(self, thread_id: str, run_id: str, type_: str, data: str) -> Event:
+        if run_id in self._lost:
+            raise LeaseLost([run_id])
         if (failure := self._failures.get(thread_id)) is not None:
             raise JournalError(f"an earlier write of thread {thread_id} failed: {failure}") from failure
         seq = self._next_seq[thread_id]
@@ -93,8 +138,7 @@ class Journal:
         return event
 
     def feed(self, thread_id: str, run_id: str | None, data: str) -> None:
-        self._feed_seq += 1
-        self._pending.feed.append(FeedItem(self._feed_seq, thread_id, run_id, data))
+        self._pending.feed.append(FeedNotice(thread_id, run_id, data))
         self._wake()
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -113,9 +157,12 @@ class Journal:
         """A run's new status with any other fields, and the feed notice that announces it.
 
         A terminal status also records `finished_at` and `error`, and clears what only an active run has.
+        A run that is not running holds no lease.
         """
         if status in TERMINAL_STATUSES:
             fields.update(finished_at=time.time(), error=error, pending_approvals=None, inflight_response=None)
+        if status != "running":
+            fields.update(worker=None, lease_expires_at=None, cancel_requested=None)
         self.update_run(run.id, status=status, **fields)
         body = {"status": status, **({"error": error} if error else {}), **(notice or {})}
         self.feed(run.thread_id, run.id, feed_notice("run.status", run.thread_id, run.id, **body))
@@ -137,14 +184,16 @@ class Journal:
         """True when a producer should `await commit()` before appending more (backpressure)."""
         return len(self._pending.events) >= self._max_pending
 
-    async def commit(self) -> None:
-        """Wait until everything appended so far is durable and published."""
-        if not self._pending and not self._writing:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self._wake()
-        await waiter
+    async def commit(self, run_id: str | None = None) -> None:
+        """Wait until everything appended so far is durable and published. With `run_id`, raise
+        LeaseLost if that run's items were refused because another worker took its lease."""
+        if self._pending or self._writing:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            self._wake()
+            await waiter
+        if run_id is not None and run_id in self._lost:
+            raise LeaseLost([run_id])
 
     def _wake(self) -> None:
         if not self._wakeup.is_set():
@@ -169,7 +218,7 @@ class Journal:
                 continue
             self._writing = True
             try:
-                await self._store.write(batch)
+                feed = await self._write(batch)
             except Exception as exc:
                 threads = {e.thread_id for e in batch.events} | {c.thread_id for c in batch.checkpoints}
                 log.error("group commit of %d events failed: %s", len(batch.events), exc, exc_info=exc)
@@ -183,8 +232,37 @@ class Journal:
                 self._writing = False
             if batch.checkpoints:
                 crash_point("checkpoint_committed")
-            self._publish(batch)
+            self._publish(batch, feed)
             _resolve(waiters, None)
+
+    async def _write(self, batch: WriteBatch) -> list[FeedItem]:
+        """Write a batch: without the items of runs whose lease was lost, and waiting out an outage."""
+        outage_began: float | None = None
+        while True:
+            batch.leases = {run_id: lease for run_id in _runs_in(batch) if (lease := self._leases.get(run_id))}
+            try:
+                feed = await self._store.write(batch)
+            except LeaseLost as lost:
+                log.warning(
+                    "run(s) %s: another worker holds the lease now; this worker writes nothing more of them",
+                    ", ".join(lost.run_ids),
+                )
+                self._lost.update(lost.run_ids)
+                _drop_runs(batch, set(lost.run_ids))
+                self._on_lease_lost(lost.run_ids)
+                continue
+            except StoreUnavailable:
+                now = time.monotonic()
+                if outage_began is None:
+                    outage_began = now
+                    log.warning("the database is unreachable; retrying the commit for up to %.0fs", self._outage_limit)
+                if now - outage_began > self._outage_limit:
+                    raise
+                await asyncio.sleep(min(1.0, 0.05 * 2 ** min(int(now - outage_began), 5)))
+                continue
+            if outage_began is not None:
+                log.info("the database is back after %.1fs", time.monotonic() - outage_began)
+            return feed
 
     def _drop_pending(self, threads: set[str]) -> None:
         """Forget what failed threads appended after the failed batch: its sequence numbers follow
@@ -193,14 +271,30 @@ class Journal:
         pending.events = [e for e in pending.events if e.thread_id not in threads]
         pending.checkpoints = [c for c in pending.checkpoints if c.thread_id not in threads]
 
-    def _publish(self, batch: WriteBatch) -> None:
+    def _publish(self, batch: WriteBatch, feed: list[FeedItem]) -> None:
         by_thread: dict[str, list[Event]] = defaultdict(list)
         for event in batch.events:
             by_thread[event.thread_id].append(event)
         for thread_id, events in by_thread.items():
             self._bus.publish(thread_channel(thread_id), events)
-        if batch.feed:
-            self._bus.publish(FEED_CHANNEL, batch.feed)
+        if feed:
+            self._bus.publish(FEED_CHANNEL, feed)
+
+
+def _runs_in(batch: WriteBatch) -> set[str]:
+    """The runs a batch writes for: their leases are checked when it commits."""
+    runs = {e.run_id for e in batch.events} | {m.run_id for m in batch.tool_marks}
+    runs |= {run_id for run_id, _ in batch.run_updates}
+    runs |= {c.run_id for c in batch.checkpoints if c.run_id is not None}
+    return runs
+
+
+def _drop_runs(batch: WriteBatch, run_ids: set[str]) -> None:
+    batch.events = [e for e in batch.events if e.run_id not in run_ids]
+    batch.tool_marks = [m for m in batch.tool_marks if m.run_id not in run_ids]
+    batch.run_updates = [(r, f) for r, f in batch.run_updates if r not in run_ids]
+    batch.checkpoints = [c for c in batch.checkpoints if c.run_id not in run_ids]
+    batch.feed = [n for n in batch.feed if n.run_id not in run_ids]
 
 
 def _resolve(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:

@@ -47,7 +47,18 @@ from tether.engine.agui import (
 )
 from tether.engine.journal import Journal
 from tether.faults import crash_point
-from tether.store import Checkpoint, CheckpointKind, Decision, InboxItem, PendingCall, Run, RunStatus, Store, ToolMark
+from tether.store import (
+    Checkpoint,
+    CheckpointKind,
+    Decision,
+    InboxItem,
+    LeaseLost,
+    PendingCall,
+    Run,
+    RunStatus,
+    Store,
+    ToolMark,
+)
 
 log = logging.getLogger("tether.run")
 
@@ -63,7 +74,8 @@ class RunExecution:
     """Drives one run to its next terminal event, and records every step.
 
     `mode` says where it starts: "start" (a new run), "resume" (after approval decisions), or
-    "recover" (a run found running at start-up: its process died, or stopped at a step boundary).
+    "recover" (a run claimed from another worker: it died or lost its lease, which counts as a
+    recovery, or it stopped at a step boundary and handed the run over, which does not).
     """
 
     def __init__(
@@ -78,6 +90,7 @@ class RunExecution:
         mode: Literal["start", "resume", "recover"] = "start",
         checkpoints: bool = True,
         request_limit: int | None = None,
+        counts_as_recovery: bool = True,
     ) -> None:
         self.run = run
         self._agent = agent
@@ -86,6 +99,7 @@ class RunExecution:
         self._model = run.model or model
         self._allowed_tools = allowed_tools
         self._mode = mode
+        self._counts_as_recovery = counts_as_recovery
         self._checkpoints = checkpoints
         self._usage_limits = UsageLimits(request_limit=request_limit)
         self._resume: DeferredToolResults | None = None
@@ -104,7 +118,9 @@ class RunExecution:
         """Ids of steering messages whose application is recorded (after a checkpoint that holds them)."""
         self._tool_marks: dict[str, ToolMark] = {}
         self._dumped: dict[int, tuple[ModelMessage, bytes]] = {}
-        self.status: RunStatus = "running"
+        self._checkpointed: list[bytes] = []
+        """The messages of the thread's latest checkpoint: what the next one is stored as a delta of."""
+        self.status: RunStatus | Literal["abandoned"] = "running"
 
     # called by the engine while the run executes
 
@@ -114,6 +130,10 @@ class RunExecution:
         self._discard_partial = discard_partial
         if self._agent_run is not None:
             self._agent_run.cancel()
+
+    @property
+    def cancelling(self) -> bool:
+        return self._cancel_reason is not None
 
     def stop_at_step_boundary(self) -> None:
         """For a graceful shutdown: stop before the next model request; the run resumes on the next start."""
@@ -159,10 +179,17 @@ class RunExecution:
                     if event.type == "TEXT_MESSAGE_CONTENT":
                         crash_point("text_delta")
                     if journal.congested:
-                        await journal.commit()
-            await journal.commit()
+                        await journal.commit(run.id)
+            if self.status == "running":
+                # Stopped at a step boundary: hand the run over to another worker now, not when the lease lapses.
+                journal.update_run(run.id, worker=None, lease_expires_at=None, released="stopped")
+            await journal.commit(run.id)
             if self.status == "awaiting_approval":
                 crash_point("approval_requested")
+        except LeaseLost:
+            self.status = "abandoned"
+            log.warning("run %s: another worker took over its lease; this worker abandons it", run.id)
+            return
         except Exception as exc:
             log.exception("run %s crashed inside Tether", run.id)
             await self._record_crash(exc)
@@ -172,7 +199,7 @@ class RunExecution:
         elif self.status == "awaiting_approval":
             log.info("run %s paused for approval after %.2fs", run.id, elapsed)
         elif self.status == "running":
-            log.info("run %s stopped at a step boundary after %.2fs; it resumes on the next start", run.id, elapsed)
+            log.info("run %s stopped at a step boundary after %.2fs; another worker resumes it", run.id, elapsed)
         else:
             log.info("run %s %s in %.2fs", run.id, self.status, elapsed)
 
@@ -184,14 +211,16 @@ class RunExecution:
         """
         run, journal = self.run, self._journal
         latest = await self._store.latest_checkpoint(run.thread_id)
+        self._checkpointed = latest.messages if latest is not None else []
         if self._mode == "resume":
             self._base_history = _load(latest)
             self._resume = deferred_results(run.decisions or {})
+            self._tool_marks = {m.tool_call_id: m for m in await self._store.tool_marks(run.id)}
             journal.run_status(run, "running")
             return None, False
         if self._mode == "recover":
             self._tool_marks = {m.tool_call_id: m for m in await self._store.tool_marks(run.id)}
-            journal.run_status(run, "running", recoveries=run.recoveries + 1)
+            journal.run_status(run, "running", recoveries=run.recoveries + int(self._counts_as_recovery))
             if latest is not None and latest.run_id == run.id and latest.kind in ("step", "pause"):
                 # The run got as far as a checkpoint: continue from it, with the tool batch that was in
                 # flight (its calls go through _tool_execute, which knows which of them already ran).
@@ -256,7 +285,7 @@ class RunExecution:
             self._mark_tool(call, finished=True, result=UNKNOWN_OUTCOME)
             return UNKNOWN_OUTCOME
         self._mark_tool(call, finished=False)
-        await journal.commit()  # durable before the tool acts (invariant 4)
+        await journal.commit(run.id)  # durable before the tool acts (invariant 4), and still ours
         crash_point("approval_resumed" if self._mode == "resume" else "tools_started")
         result = await handler(args)
         self._mark_tool(call, finished=True, result=result)
@@ -275,10 +304,12 @@ class RunExecution:
         self._journal.tool_mark(mark)
 
     def _checkpoint(self, history: list[ModelMessage], kind: CheckpointKind) -> None:
-        run = self.run
-        self._journal.checkpoint(Checkpoint(run.thread_id, run.id, self._dump(history), time.time(), kind=kind))
+        run, messages = self.run, self._dump(history)
+        checkpoint = Checkpoint(run.thread_id, run.id, messages, time.time(), kind=kind, follows=self._checkpointed)
+        self._journal.checkpoint(checkpoint)
+        self._checkpointed = messages
 
-    def _dump(self, history: list[ModelMessage]) -> bytes:
+    def _dump(self, history: list[ModelMessage]) -> list[bytes]:
         """The history as pydantic-ai JSON, serialising each settled message once.
 
         A checkpoint before every model request would otherwise re-serialise the whole history each
@@ -294,7 +325,7 @@ class RunExecution:
                 if index < settled:
                     self._dumped[id(message)] = cached
             pieces.append(cached[1])
-        return b"[" + b",".join(pieces) + b"]"
+        return pieces
 
     def _flush_applied_steers(self) -> None:
         """Mark delivered steering messages applied, right after the checkpoint that holds them.
@@ -336,7 +367,9 @@ class RunExecution:
                 async for node in agent_run:
                     if Agent.is_call_tools_node(node) and _has_tool_calls(node.model_response):
                         # Recorded so that recovery can answer the calls of a batch cut off by a crash.
-                        self._journal.update_run(self.run.id, inflight_response=_dump([node.model_response]))
+                        self._journal.update_run(
+                            self.run.id, inflight_response=ModelMessagesTypeAdapter.dump_json([node.model_response])
+                        )
                         self._batch_response = node.model_response
                     if Agent.is_model_request_node(node) or Agent.is_call_tools_node(node):
                         async with node.stream(agent_run.ctx) as node_events:
@@ -452,7 +485,11 @@ class RunExecution:
                     events.RUN_ERROR,
                     events.encode(RunErrorEvent(message=run.error, code="internal_error", timestamp=now_ms())),
                 )
-                await journal.commit()
+                await journal.commit(run.id)
+                return
+            except LeaseLost:
+                self.status = "abandoned"
+                log.warning("run %s: another worker took over its lease; its failure is not recorded here", run.id)
                 return
             except Exception:
                 log.exception("could not record the failure of run %s (attempt %d)", run.id, attempt + 1)
@@ -467,7 +504,8 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
     Answering them keeps the history valid: a later run must not find tool calls without returns
     (pydantic-ai would execute them, unapproved).
     """
-    history = _load(await store.latest_checkpoint(run.thread_id))
+    latest = await store.latest_checkpoint(run.thread_id)
+    history = _load(latest)
     returns = [
         ToolReturnPart(
             tool_name=c.tool_name,
@@ -479,7 +517,8 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
     if returns:
         history = [*history, ModelRequest(parts=returns)]
     await journal.open_thread(run.thread_id)
-    journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time(), kind="end"))
+    follows = latest.messages if latest is not None else []
+    journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time(), kind="end", follows=follows))
     for event in (
         RunStartedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
         messages_snapshot(history),
@@ -535,8 +574,9 @@ def _has_tool_calls(message: ModelMessage) -> bool:
 
 
 def _load(checkpoint: Checkpoint | None) -> list[ModelMessage]:
-    return ModelMessagesTypeAdapter.validate_json(checkpoint.messages) if checkpoint is not None else []
+    return ModelMessagesTypeAdapter.validate_json(checkpoint.json()) if checkpoint is not None else []
 
 
-def _dump(history: list[ModelMessage]) -> bytes:
-    return ModelMessagesTypeAdapter.dump_json(history)
+def _dump(history: list[ModelMessage]) -> list[bytes]:
+    """One JSON text per message, as checkpoints store them."""
+    return [ModelMessagesTypeAdapter.dump_json([message])[1:-1] for message in history]

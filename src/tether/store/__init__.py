@@ -1,9 +1,13 @@
 """The Store: durable state (threads, runs, the event log, the feed, checkpoints).
 
-The engine talks to a `Store`; `SQLiteStore` is the embedded implementation.
-All writes made while a run streams go through one method, `write(batch)`,
-so that a group of events, the run's status and its checkpoint become durable
-together, in one transaction, before anyone sees them.
+The engine talks to a `Store`. There is one implementation, `SQLStore`
+(`tether.store.sql`), on two databases: SQLite (`tether.store.sqlite`, the
+embedded default) and PostgreSQL (`tether.store.postgres`, for several
+workers). All writes made while a run streams go through one method,
+`write(batch)`, so that a group of events, the run's status and its
+checkpoint become durable together, in one transaction, before anyone sees
+them; and the database refuses them unless the writer still holds the lease
+of every run they belong to (fencing).
 """
 
 from __future__ import annotations
@@ -70,6 +74,19 @@ class Run:
     inflight_response: bytes | None = None
     """The model response (pydantic-ai JSON) whose tool calls are executing, for crash recovery."""
     recoveries: int = 0
+    ordinal: int = 0
+    """The run's place among its thread's runs (1, 2, …): their order."""
+    worker: str | None = None
+    """The worker that holds the run's lease (executes it), if any."""
+    lease_epoch: int = 0
+    """Raised by every claim: a commit made under an older epoch is refused (fencing)."""
+    lease_expires_at: float | None = None
+    released: Released | None = None
+    """Why the lease was given back while the run is running: what its next claimer must do."""
+    cancel_requested: str | None = None
+    """A cancel asked for while another worker executed the run (the reason); its executor acts on it."""
+    cancel_discards: bool = False
+    """The requested cancel is an interrupt: the unfinished model response is dropped."""
 
 
 @dataclass
@@ -98,14 +115,24 @@ class InboxItem:
 
 @dataclass
 class Checkpoint:
-    """A thread's message history (pydantic-ai JSON) as of some point of a run."""
+    """A thread's message history as of some point of a run: one pydantic-ai JSON text per message.
+
+    Stored as what it adds to the thread's checkpoint before it: the messages the two share are
+    written once (see `tether.store.sql`).
+    """
 
     thread_id: str
     run_id: str | None
-    messages: bytes
+    messages: list[bytes]
     created_at: float
     id: int | None = None
     kind: CheckpointKind = "step"
+    follows: list[bytes] = field(default_factory=list, repr=False)
+    """For a new checkpoint: the messages of the thread's latest checkpoint when it was made."""
+
+    def json(self) -> bytes:
+        """The history as one pydantic-ai JSON array (what ModelMessagesTypeAdapter reads)."""
+        return b"[" + b",".join(self.messages) + b"]"
 
 
 @dataclass
@@ -117,9 +144,48 @@ class ThreadSnapshot:
     run_active: bool
 
 
+Released = Literal["decided", "stopped"]
+"""decided: every pending approval is decided, resume with the decisions; stopped: its worker stopped
+at a step boundary (a deploy), continue from the checkpoint."""
+
+ClaimMode = Literal["start", "resume", "handover", "takeover"]
+"""How a claimed run begins on its new worker: a queued run starts; a decided one resumes; a released
+one continues from its checkpoint (handover); one whose worker's lease lapsed is recovered (takeover)."""
+
+
+@dataclass
+class Claim:
+    run: Run
+    mode: ClaimMode
+
+
+class LeaseLost(RuntimeError):
+    """A write was refused: its writer no longer holds the lease of these runs (another worker took them)."""
+
+    def __init__(self, run_ids: list[str]) -> None:
+        super().__init__(f"lease lost on run(s) {', '.join(run_ids)}")
+        self.run_ids = run_ids
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: str
+    worker: str
+    epoch: int
+
+
 CheckpointKind = Literal["start", "step", "pause", "end"]
 """start: a retry's rewind; step: before a model request (after a tool batch or a steer);
 pause: waiting for approval; end: the run ended."""
+
+
+@dataclass
+class FeedNotice:
+    """A feed item before its commit gives it its place in the feed."""
+
+    thread_id: str
+    run_id: str | None
+    data: str
 
 
 @dataclass
@@ -127,11 +193,13 @@ class WriteBatch:
     """Everything one group commit makes durable at once."""
 
     events: list[Event] = field(default_factory=list)
-    feed: list[FeedItem] = field(default_factory=list)
+    feed: list[FeedNotice] = field(default_factory=list)
     run_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
     inbox_applied: list[tuple[str, float]] = field(default_factory=list)
     tool_marks: list[ToolMark] = field(default_factory=list)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    """The lease under which each run's items in this batch are written (fencing)."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -140,6 +208,13 @@ class WriteBatch:
 
 
 class Store(Protocol):
+    url: str
+    """Where the data is (no password), for logs and /healthz."""
+    engine: str
+    """The database's name: "sqlite" or "postgresql"."""
+    exclusive: bool
+    """True when one process holds the database alone: then no other worker can hold a lease."""
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -150,16 +225,53 @@ class Store(Protocol):
     async def allow_tools(self, thread_id: str, tools: list[str]) -> None: ...
     async def delete_thread(self, thread_id: str) -> None: ...
 
-    async def create_run(self, run: Run) -> None: ...
+    async def create_run(self, run: Run, *, unless_active: bool = False) -> Run | None:
+        """Insert a queued run (its `ordinal` is given here). With `unless_active`, only if the thread
+        has no active run: else nothing is inserted and that run is returned. Raises NotFound if the
+        thread does not exist. The thread's row is locked meanwhile, so this holds across workers."""
+        ...
+
     async def get_run(self, run_id: str) -> Run | None: ...
     async def list_runs(self, thread_id: str) -> list[Run]: ...
     async def runs_with_status(self, statuses: tuple[RunStatus, ...]) -> list[Run]: ...
     async def decide(self, run_id: str, before: dict[str, Decision], after: dict[str, Decision], resume: bool) -> bool:
         """Record decisions if nobody changed them since `before` (compare-and-set); with `resume`,
-        also move the run from awaiting_approval to running. False if the run moved on meanwhile."""
+        also release the run to be resumed by any worker. False if the run moved on meanwhile."""
         ...
 
-    async def add_to_inbox(self, item: InboxItem) -> None: ...
+    async def cancel_queued(self, run_id: str, reason: str) -> bool:
+        """Cancel a run that no worker has claimed yet; False if it is no longer queued."""
+        ...
+
+    async def request_cancel(self, run_id: str, reason: str, discards: bool) -> None:
+        """Record a cancel for the worker that executes (or will claim) the run."""
+        ...
+
+    async def claim_runs(self, worker: str, lease_seconds: float, limit: int) -> list[Claim]:
+        """Take the lease of up to `limit` runs that need a worker: queued runs whose turn it is,
+        released runs, and runs whose lease lapsed. Oldest first; concurrent claimers skip each
+        other's rows, so no run is claimed twice."""
+        ...
+
+    async def claim_paused(self, run_id: str, worker: str, lease_seconds: float) -> Run | None:
+        """Take the lease of a run awaiting approval (to end it); None if it is not awaiting approval."""
+        ...
+
+    async def renew_leases(self, leases: list[Lease], lease_seconds: float) -> dict[str, tuple[str, bool] | None]:
+        """Extend the leases still held: run id → its requested cancel (reason, discards) or None.
+        Runs missing from the answer were taken by another worker."""
+        ...
+
+    async def expire_leases(self, except_worker: str) -> int:
+        """End every other worker's lease at once; only for a store that one process holds alone."""
+        ...
+
+    async def add_to_inbox(self, item: InboxItem) -> bool:
+        """Add a steering message to an active run's inbox; False if the run is no longer active. The
+        run's row is held meanwhile, so a run that ends at the same moment either sees the message or
+        makes the caller start a new run."""
+        ...
+
     async def tool_marks(self, run_id: str) -> list[ToolMark]: ...
     async def inbox(self, run_id: str) -> list[InboxItem]: ...
 
@@ -172,4 +284,7 @@ class Store(Protocol):
     async def last_feed_seq(self) -> int: ...
     async def read_feed(self, after: int, limit: int) -> list[FeedItem]: ...
 
-    async def write(self, batch: WriteBatch) -> None: ...
+    async def write(self, batch: WriteBatch) -> list[FeedItem]:
+        """Commit the batch in one transaction and return its feed items, numbered. Raises LeaseLost
+        (and writes nothing) if a run's lease in `batch.leases` is no longer held."""
+        ...

@@ -1,96 +1,284 @@
-"""Versioned schema migrations for the SQLite store.
+"""Versioned schema migrations, one list for both stores.
 
-Each entry upgrades the schema by one version; `PRAGMA user_version` records
-how far a database file has come. Append new migrations; never edit old ones.
+Each entry upgrades the schema by one version, in one transaction: its DDL (the
+SQL of each dialect) and then, if it has one, a data step written once as a
+script (see `tether.store.db`). SQLite records the version in `PRAGMA
+user_version`, PostgreSQL in the table `tether_schema`. Append new migrations;
+never edit old ones.
 """
 
 from __future__ import annotations
 
-MIGRATIONS: list[str] = [
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tether.store.db import Execute, Query, Script
+
+log = logging.getLogger("tether.store")
+
+
+@dataclass(frozen=True)
+class Migration:
+    sqlite: str
+    postgres: str
+    data: Callable[[], Script[None]] | None = None
+    """A data step, run after the DDL in the same transaction."""
+
+
+def _checkpoints_as_deltas() -> Script[None]:
+    """Rewrite every stored checkpoint as what it adds to the one before it in its thread.
+
+    Before version 4 each checkpoint held the whole history, so a thread's checkpoints grew with the
+    square of its length. Now a checkpoint keeps the first `keep` messages of its parent and adds its
+    own, one JSON text per line (see `tether.store.sql`)."""
+    rows = yield Query("SELECT id, thread_id FROM checkpoints ORDER BY thread_id, id")
+    previous_thread, previous_id, previous = None, None, []
+    for done, (checkpoint_id, thread_id) in enumerate(rows, start=1):
+        ((messages,),) = yield Query("SELECT messages FROM checkpoints WHERE id = ?", (checkpoint_id,))
+        lines = [json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode() for m in json.loads(messages)]
+        if thread_id != previous_thread:
+            previous_id, previous = None, []
+        keep = 0
+        while keep < min(len(lines), len(previous)) and lines[keep] == previous[keep]:
+            keep += 1
+        yield Execute(
+            "UPDATE checkpoints SET parent_id = ?, keep = ?, messages = ? WHERE id = ?",
+            (previous_id, keep, b"\n".join(lines[keep:]), checkpoint_id),
+        )
+        previous_thread, previous_id, previous = thread_id, checkpoint_id, lines
+        if done % 1000 == 0:
+            log.info("migrating checkpoints to deltas: %d of %d", done, len(rows))
+
+
+MIGRATIONS: list[Migration] = [
     # 1: threads, runs, the per-thread event log, the global feed, checkpoints.
-    """
-    CREATE TABLE threads (
-        id          TEXT PRIMARY KEY,
-        title       TEXT,
-        created_at  REAL NOT NULL,
-        updated_at  REAL NOT NULL,
-        metadata    TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX threads_by_recent ON threads (updated_at DESC);
+    Migration(
+        sqlite="""
+        CREATE TABLE threads (
+            id          TEXT PRIMARY KEY,
+            title       TEXT,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            metadata    TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX threads_by_recent ON threads (updated_at DESC);
 
-    CREATE TABLE runs (
-        id           TEXT PRIMARY KEY,
-        thread_id    TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
-        status       TEXT NOT NULL,
-        input        TEXT NOT NULL,
-        multitask    TEXT NOT NULL,
-        model        TEXT,
-        created_at   REAL NOT NULL,
-        started_at   REAL,
-        finished_at  REAL,
-        error        TEXT
-    );
-    CREATE INDEX runs_by_thread ON runs (thread_id, created_at);
-    CREATE INDEX runs_by_status ON runs (status);
+        CREATE TABLE runs (
+            id           TEXT PRIMARY KEY,
+            thread_id    TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            status       TEXT NOT NULL,
+            input        TEXT NOT NULL,
+            multitask    TEXT NOT NULL,
+            model        TEXT,
+            created_at   REAL NOT NULL,
+            started_at   REAL,
+            finished_at  REAL,
+            error        TEXT
+        );
+        CREATE INDEX runs_by_thread ON runs (thread_id, created_at);
+        CREATE INDEX runs_by_status ON runs (status);
 
-    CREATE TABLE events (
-        thread_id  TEXT NOT NULL,
-        seq        INTEGER NOT NULL,
-        run_id     TEXT NOT NULL,
-        type       TEXT NOT NULL,
-        data       TEXT NOT NULL,
-        PRIMARY KEY (thread_id, seq)
-    ) WITHOUT ROWID;
-    CREATE INDEX events_by_run ON events (run_id, seq);
+        CREATE TABLE events (
+            thread_id  TEXT NOT NULL,
+            seq        INTEGER NOT NULL,
+            run_id     TEXT NOT NULL,
+            type       TEXT NOT NULL,
+            data       TEXT NOT NULL,
+            PRIMARY KEY (thread_id, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX events_by_run ON events (run_id, seq);
 
-    CREATE TABLE feed (
-        seq        INTEGER PRIMARY KEY,
-        thread_id  TEXT NOT NULL,
-        run_id     TEXT,
-        data       TEXT NOT NULL
-    );
+        CREATE TABLE feed (
+            seq        INTEGER PRIMARY KEY,
+            thread_id  TEXT NOT NULL,
+            run_id     TEXT,
+            data       TEXT NOT NULL
+        );
 
-    CREATE TABLE checkpoints (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        thread_id   TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
-        run_id      TEXT,
-        created_at  REAL NOT NULL,
-        messages    BLOB NOT NULL
-    );
-    CREATE INDEX checkpoints_by_thread ON checkpoints (thread_id, id);
-    """,
+        CREATE TABLE checkpoints (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            thread_id   TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            run_id      TEXT,
+            created_at  REAL NOT NULL,
+            messages    BLOB NOT NULL
+        );
+        CREATE INDEX checkpoints_by_thread ON checkpoints (thread_id, id);
+        """,
+        postgres="""
+        CREATE TABLE threads (
+            id          TEXT PRIMARY KEY,
+            title       TEXT,
+            created_at  DOUBLE PRECISION NOT NULL,
+            updated_at  DOUBLE PRECISION NOT NULL,
+            metadata    TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX threads_by_recent ON threads (updated_at DESC);
+
+        CREATE TABLE runs (
+            id           TEXT PRIMARY KEY,
+            thread_id    TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            status       TEXT NOT NULL,
+            input        TEXT NOT NULL,
+            multitask    TEXT NOT NULL,
+            model        TEXT,
+            created_at   DOUBLE PRECISION NOT NULL,
+            started_at   DOUBLE PRECISION,
+            finished_at  DOUBLE PRECISION,
+            error        TEXT
+        );
+        CREATE INDEX runs_by_thread ON runs (thread_id, created_at);
+        CREATE INDEX runs_by_status ON runs (status);
+
+        CREATE TABLE events (
+            thread_id  TEXT NOT NULL,
+            seq        BIGINT NOT NULL,
+            run_id     TEXT NOT NULL,
+            type       TEXT NOT NULL,
+            data       TEXT NOT NULL,
+            PRIMARY KEY (thread_id, seq)
+        );
+        CREATE INDEX events_by_run ON events (run_id, seq);
+
+        CREATE TABLE feed (
+            seq        BIGINT PRIMARY KEY,
+            thread_id  TEXT NOT NULL,
+            run_id     TEXT,
+            data       TEXT NOT NULL
+        );
+
+        CREATE TABLE checkpoints (
+            id          BIGSERIAL PRIMARY KEY,
+            thread_id   TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            run_id      TEXT,
+            created_at  DOUBLE PRECISION NOT NULL,
+            messages    BYTEA NOT NULL
+        );
+        CREATE INDEX checkpoints_by_thread ON checkpoints (thread_id, id);
+        """,
+    ),
     # 2: human in the loop: pending approvals and decisions on runs, the steering inbox,
     # the checkpoint each run started from (for retry), per-thread always-allowed tools.
-    """
-    ALTER TABLE runs ADD COLUMN pending_approvals TEXT;
-    ALTER TABLE runs ADD COLUMN decisions TEXT;
-    ALTER TABLE runs ADD COLUMN base_checkpoint_id INTEGER;
-    ALTER TABLE runs ADD COLUMN retry_of TEXT;
-    ALTER TABLE threads ADD COLUMN allowed_tools TEXT NOT NULL DEFAULT '[]';
+    Migration(
+        sqlite="""
+        ALTER TABLE runs ADD COLUMN pending_approvals TEXT;
+        ALTER TABLE runs ADD COLUMN decisions TEXT;
+        ALTER TABLE runs ADD COLUMN base_checkpoint_id INTEGER;
+        ALTER TABLE runs ADD COLUMN retry_of TEXT;
+        ALTER TABLE threads ADD COLUMN allowed_tools TEXT NOT NULL DEFAULT '[]';
 
-    CREATE TABLE inbox (
-        id          TEXT PRIMARY KEY,
-        run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-        input       TEXT NOT NULL,
-        created_at  REAL NOT NULL,
-        applied_at  REAL
-    );
-    CREATE INDEX inbox_by_run ON inbox (run_id, created_at);
-    """,
+        CREATE TABLE inbox (
+            id          TEXT PRIMARY KEY,
+            run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            input       TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            applied_at  REAL
+        );
+        CREATE INDEX inbox_by_run ON inbox (run_id, created_at);
+        """,
+        postgres="""
+        ALTER TABLE runs ADD COLUMN pending_approvals TEXT;
+        ALTER TABLE runs ADD COLUMN decisions TEXT;
+        ALTER TABLE runs ADD COLUMN base_checkpoint_id BIGINT;
+        ALTER TABLE runs ADD COLUMN retry_of TEXT;
+        ALTER TABLE threads ADD COLUMN allowed_tools TEXT NOT NULL DEFAULT '[]';
+
+        CREATE TABLE inbox (
+            id          TEXT PRIMARY KEY,
+            run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            input       TEXT NOT NULL,
+            created_at  DOUBLE PRECISION NOT NULL,
+            applied_at  DOUBLE PRECISION
+        );
+        CREATE INDEX inbox_by_run ON inbox (run_id, created_at);
+        """,
+    ),
     # 3: crash recovery: a durable mark before and after every tool call, the model response
     # whose tool batch is in flight, how often a run was recovered, and what each checkpoint is.
-    """
-    CREATE TABLE tool_calls (
-        run_id        TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-        tool_call_id  TEXT NOT NULL,
-        tool_name     TEXT NOT NULL,
-        started_at    REAL NOT NULL,
-        finished_at   REAL,
-        result        TEXT,
-        PRIMARY KEY (run_id, tool_call_id)
-    );
-    ALTER TABLE runs ADD COLUMN inflight_response BLOB;
-    ALTER TABLE runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE checkpoints ADD COLUMN kind TEXT NOT NULL DEFAULT 'step';
-    """,
+    Migration(
+        sqlite="""
+        CREATE TABLE tool_calls (
+            run_id        TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            tool_call_id  TEXT NOT NULL,
+            tool_name     TEXT NOT NULL,
+            started_at    REAL NOT NULL,
+            finished_at   REAL,
+            result        TEXT,
+            PRIMARY KEY (run_id, tool_call_id)
+        );
+        ALTER TABLE runs ADD COLUMN inflight_response BLOB;
+        ALTER TABLE runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE checkpoints ADD COLUMN kind TEXT NOT NULL DEFAULT 'step';
+        """,
+        postgres="""
+        CREATE TABLE tool_calls (
+            run_id        TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            tool_call_id  TEXT NOT NULL,
+            tool_name     TEXT NOT NULL,
+            started_at    DOUBLE PRECISION NOT NULL,
+            finished_at   DOUBLE PRECISION,
+            result        TEXT,
+            PRIMARY KEY (run_id, tool_call_id)
+        );
+        ALTER TABLE runs ADD COLUMN inflight_response BYTEA;
+        ALTER TABLE runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE checkpoints ADD COLUMN kind TEXT NOT NULL DEFAULT 'step';
+        """,
+    ),
+    # 4: several workers. Leases on runs (who executes a run, until when, and a fencing epoch that
+    # every takeover raises), durable cancel requests, why a lease was given back, a per-thread run
+    # order, one running-or-paused run per thread enforced by an index, a feed counter whose row lock
+    # makes feed numbers follow commit order, and checkpoints stored as deltas.
+    Migration(
+        sqlite="""
+        ALTER TABLE runs ADD COLUMN ordinal INTEGER;
+        ALTER TABLE runs ADD COLUMN worker TEXT;
+        ALTER TABLE runs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN lease_expires_at REAL;
+        ALTER TABLE runs ADD COLUMN released TEXT;
+        ALTER TABLE runs ADD COLUMN cancel_requested TEXT;
+        ALTER TABLE runs ADD COLUMN cancel_discards INTEGER NOT NULL DEFAULT 0;
+        UPDATE runs SET ordinal = o.n
+        FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY thread_id ORDER BY created_at, rowid) AS n FROM runs) AS o
+        WHERE o.id = runs.id;
+        CREATE UNIQUE INDEX runs_in_order ON runs (thread_id, ordinal);
+        CREATE UNIQUE INDEX one_live_run_per_thread ON runs (thread_id)
+            WHERE status IN ('running', 'awaiting_approval');
+
+        CREATE TABLE feed_head (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            seq  INTEGER NOT NULL
+        );
+        INSERT INTO feed_head (id, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM feed;
+
+        ALTER TABLE checkpoints ADD COLUMN parent_id INTEGER;
+        ALTER TABLE checkpoints ADD COLUMN keep INTEGER NOT NULL DEFAULT 0;
+        """,
+        postgres="""
+        ALTER TABLE runs ADD COLUMN ordinal INTEGER;
+        ALTER TABLE runs ADD COLUMN worker TEXT;
+        ALTER TABLE runs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN lease_expires_at DOUBLE PRECISION;
+        ALTER TABLE runs ADD COLUMN released TEXT;
+        ALTER TABLE runs ADD COLUMN cancel_requested TEXT;
+        ALTER TABLE runs ADD COLUMN cancel_discards BOOLEAN NOT NULL DEFAULT FALSE;
+        UPDATE runs SET ordinal = o.n
+        FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY thread_id ORDER BY created_at, id) AS n FROM runs) AS o
+        WHERE o.id = runs.id;
+        CREATE UNIQUE INDEX runs_in_order ON runs (thread_id, ordinal);
+        CREATE UNIQUE INDEX one_live_run_per_thread ON runs (thread_id)
+            WHERE status IN ('running', 'awaiting_approval');
+
+        CREATE TABLE feed_head (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            seq  BIGINT NOT NULL
+        );
+        INSERT INTO feed_head (id, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM feed;
+
+        ALTER TABLE checkpoints ADD COLUMN parent_id BIGINT;
+        ALTER TABLE checkpoints ADD COLUMN keep INTEGER NOT NULL DEFAULT 0;
+        """,
+        data=_checkpoints_as_deltas,
+    ),
 ]

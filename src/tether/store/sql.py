@@ -1,0 +1,512 @@
+"""The store's logic, written once for SQLite and PostgreSQL.
+
+Every method is SQL run through a `Database` (see `tether.store.db`); where
+the two databases need different SQL, the `Dialect` says so. Transactions
+that read before they write are scripts, so they are atomic on both.
+
+Checkpoints are stored as deltas: a checkpoint row keeps the first `keep`
+messages of its parent (the thread's checkpoint before it) and adds its own,
+one pydantic-ai JSON text per line (JSON text has no raw newline). A thread's
+history is written about once, not once per checkpoint, and reading any
+checkpoint is one recursive query that walks back only as far as it keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from tether.errors import NotFound
+from tether.events import Event, FeedItem
+from tether.store import (
+    ACTIVE_STATUSES,
+    Checkpoint,
+    Claim,
+    ClaimMode,
+    Decision,
+    InboxItem,
+    Lease,
+    LeaseLost,
+    PendingCall,
+    Run,
+    RunStatus,
+    Thread,
+    ThreadSnapshot,
+    ToolMark,
+    WriteBatch,
+)
+from tether.store.db import Database, Execute, InsertMany, Query, Script
+
+_RUN_COLUMNS = (
+    "id, thread_id, status, input, multitask, model, created_at, started_at, finished_at, error, "
+    "pending_approvals, decisions, base_checkpoint_id, retry_of, inflight_response, recoveries, "
+    "ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards"
+)
+_UPDATABLE_RUN_FIELDS = {
+    "status",
+    "started_at",
+    "finished_at",
+    "error",
+    "pending_approvals",
+    "decisions",
+    "base_checkpoint_id",
+    "inflight_response",
+    "recoveries",
+    "worker",
+    "lease_expires_at",
+    "released",
+    "cancel_requested",
+    "cancel_discards",
+}
+_ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
+_LIVE = "'running', 'awaiting_approval'"
+_THREAD_COLUMNS = (
+    "id, title, created_at, updated_at, metadata, allowed_tools, "
+    "(SELECT status FROM runs WHERE runs.thread_id = threads.id ORDER BY ordinal DESC LIMIT 1)"
+)
+_EVENT_COLUMNS = ("thread_id", "seq", "run_id", "type", "data")
+
+
+def _chain(start: str) -> str:
+    """A recursive query for the rows that make up one checkpoint, its oldest needed ancestor first.
+
+    `start` is an SQL expression for the checkpoint's id. Each row: the checkpoint's own columns
+    (repeated), then one link's `keep`, its added messages, and how far back it is (`depth`).
+    """
+    return f"""
+        WITH RECURSIVE chain (id, parent_id, keep, messages, depth) AS (
+            SELECT id, parent_id, keep, messages, 0 FROM checkpoints WHERE id = {start}
+            UNION ALL
+            SELECT c.id, c.parent_id, c.keep, c.messages, chain.depth + 1
+            FROM checkpoints AS c JOIN chain ON c.id = chain.parent_id
+            WHERE chain.keep > 0
+        )
+        SELECT head.thread_id, head.run_id, head.created_at, head.id, head.kind, chain.keep, chain.messages, chain.depth
+        FROM chain JOIN checkpoints AS head ON head.id = {start}
+    """
+
+
+class SQLStore:
+    """The Store, on any `Database`."""
+
+    exclusive = False
+    """True when one process holds the database alone (SQLite's lock file)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        d = db.dialect
+        self.engine = d.name
+        self._claimable = f"""
+            SELECT r.id, r.status, r.released FROM runs AS r
+            WHERE (r.status = 'queued' AND NOT EXISTS (
+                      SELECT 1 FROM runs AS o WHERE o.thread_id = r.thread_id
+                      AND (o.status IN ({_LIVE}) OR (o.status = 'queued' AND o.ordinal < r.ordinal))))
+               OR (r.status = 'running' AND (r.worker IS NULL OR r.lease_expires_at < {d.now}))
+            ORDER BY r.created_at LIMIT ? {d.for_update} {d.skip_locked}
+        """
+        self._take_lease = (
+            f"UPDATE runs SET status = 'running', worker = ?, lease_epoch = lease_epoch + 1, "
+            f"lease_expires_at = {d.now} + ?, released = NULL WHERE id = ? RETURNING {_RUN_COLUMNS}"
+        )
+        self._fence = f"SELECT id FROM runs WHERE id = ? AND worker = ? AND lease_epoch = ? {d.for_share}"
+
+    @property
+    def url(self) -> str:
+        return self.db.url
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        """One write statement as its own transaction; its row count."""
+
+        def script() -> Script[int]:
+            return (yield Execute(sql, args))
+
+        return await self.db.transaction(script())
+
+    async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        rows = await self.db.fetch(sql, args)
+        return rows[0] if rows else None
+
+    # threads
+
+    async def create_thread(self, thread: Thread) -> None:
+        await self._execute(
+            "INSERT INTO threads (id, title, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
+            (thread.id, thread.title, thread.created_at, thread.updated_at, json.dumps(thread.metadata)),
+        )
+
+    async def get_thread(self, thread_id: str) -> Thread | None:
+        row = await self._one(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,))
+        return _thread(row) if row else None
+
+    async def list_threads(self, limit: int, before: float | None = None) -> list[Thread]:
+        sql = f"SELECT {_THREAD_COLUMNS} FROM threads"
+        args: tuple[Any, ...] = ()
+        if before is not None:
+            sql += " WHERE updated_at < ?"
+            args = (before,)
+        sql += " ORDER BY updated_at DESC LIMIT ?"
+        return [_thread(row) for row in await self.db.fetch(sql, (*args, limit))]
+
+    async def update_thread(self, thread_id: str, *, title: str | None) -> None:
+        await self._execute("UPDATE threads SET title = ? WHERE id = ?", (title, thread_id))
+
+    async def allow_tools(self, thread_id: str, tools: list[str]) -> None:
+        await self._execute("UPDATE threads SET allowed_tools = ? WHERE id = ?", (json.dumps(tools), thread_id))
+
+    async def delete_thread(self, thread_id: str) -> None:
+        def script() -> Script[None]:
+            yield Execute("DELETE FROM events WHERE thread_id = ?", (thread_id,))
+            yield Execute("DELETE FROM threads WHERE id = ?", (thread_id,))
+
+        await self.db.transaction(script())
+
+    # runs
+
+    async def create_run(self, run: Run, *, unless_active: bool = False) -> Run | None:
+        def script() -> Script[Run | None]:
+            found = yield Query(f"SELECT id FROM threads WHERE id = ? {self.db.dialect.for_update}", (run.thread_id,))
+            if not found:
+                raise NotFound(f"thread {run.thread_id!r} not found")
+            if unless_active:
+                active = yield Query(
+                    f"SELECT {_RUN_COLUMNS} FROM runs WHERE thread_id = ? AND status IN ({_ACTIVE}) "
+                    "ORDER BY ordinal LIMIT 1",
+                    (run.thread_id,),
+                )
+                if active:
+                    return _run(active[0])
+            ((ordinal,),) = yield Query(
+                "SELECT COALESCE(MAX(ordinal), 0) + 1 FROM runs WHERE thread_id = ?", (run.thread_id,)
+            )
+            run.ordinal = ordinal
+            values = _run_values(run)
+            marks = ", ".join("?" for _ in values)
+            yield Execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks})", values)
+            yield Execute("UPDATE threads SET updated_at = ? WHERE id = ?", (run.created_at, run.thread_id))
+            return None
+
+        return await self.db.transaction(script())
+
+    async def get_run(self, run_id: str) -> Run | None:
+        row = await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return _run(row) if row else None
+
+    async def list_runs(self, thread_id: str) -> list[Run]:
+        rows = await self.db.fetch(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE thread_id = ? ORDER BY ordinal", (thread_id,)
+        )
+        return [_run(row) for row in rows]
+
+    async def runs_with_status(self, statuses: tuple[RunStatus, ...]) -> list[Run]:
+        marks = ", ".join("?" for _ in statuses)
+        rows = await self.db.fetch(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) ORDER BY created_at, id", statuses
+        )
+        return [_run(row) for row in rows]
+
+    async def decide(self, run_id: str, before: dict[str, Decision], after: dict[str, Decision], resume: bool) -> bool:
+        count = await self._execute(
+            "UPDATE runs SET decisions = ?, status = CASE WHEN ? THEN 'running' ELSE status END, "
+            "released = CASE WHEN ? THEN 'decided' ELSE released END "
+            "WHERE id = ? AND status = 'awaiting_approval' AND COALESCE(decisions, '{}') = ?",
+            (_json_decisions(after), resume, resume, run_id, _json_decisions(before) or "{}"),
+        )
+        return count == 1
+
+    async def cancel_queued(self, run_id: str, reason: str) -> bool:
+        count = await self._execute(
+            "UPDATE runs SET status = 'cancelled', error = ?, finished_at = ? WHERE id = ? AND status = 'queued'",
+            (reason, time.time(), run_id),
+        )
+        return count == 1
+
+    async def request_cancel(self, run_id: str, reason: str, discards: bool) -> None:
+        await self._execute(
+            f"UPDATE runs SET cancel_requested = ?, cancel_discards = ? WHERE id = ? AND status IN ({_ACTIVE})",
+            (reason, discards, run_id),
+        )
+
+    async def claim_runs(self, worker: str, lease_seconds: float, limit: int) -> list[Claim]:
+        def script() -> Script[list[Claim]]:
+            claims = []
+            for run_id, status, released in (yield Query(self._claimable, (limit,))):
+                mode: ClaimMode = (
+                    "start"
+                    if status == "queued"
+                    else "resume"
+                    if released == "decided"
+                    else "handover"
+                    if released == "stopped"
+                    else "takeover"
+                )
+                (row,) = yield Query(self._take_lease, (worker, lease_seconds, run_id))
+                claims.append(Claim(_run(row), mode))
+            return claims
+
+        return await self.db.transaction(script())
+
+    async def claim_paused(self, run_id: str, worker: str, lease_seconds: float) -> Run | None:
+        d = self.db.dialect
+
+        def script() -> Script[Run | None]:
+            rows = yield Query(
+                f"UPDATE runs SET worker = ?, lease_epoch = lease_epoch + 1, lease_expires_at = {d.now} + ? "
+                f"WHERE id = ? AND status = 'awaiting_approval' AND (worker IS NULL OR lease_expires_at < {d.now}) "
+                f"RETURNING {_RUN_COLUMNS}",
+                (worker, lease_seconds, run_id),
+            )
+            return _run(rows[0]) if rows else None
+
+        return await self.db.transaction(script())
+
+    async def renew_leases(self, leases: list[Lease], lease_seconds: float) -> dict[str, tuple[str, bool] | None]:
+        d = self.db.dialect
+
+        def script() -> Script[dict[str, tuple[str, bool] | None]]:
+            held: dict[str, tuple[str, bool] | None] = {}
+            for lease in leases:
+                rows = yield Query(
+                    f"UPDATE runs SET lease_expires_at = {d.now} + ? WHERE id = ? AND worker = ? AND lease_epoch = ? "
+                    "RETURNING cancel_requested, cancel_discards",
+                    (lease_seconds, lease.run_id, lease.worker, lease.epoch),
+                )
+                if rows:
+                    reason, discards = rows[0]
+                    held[lease.run_id] = (reason, bool(discards)) if reason is not None else None
+            return held
+
+        return await self.db.transaction(script())
+
+    async def expire_leases(self, except_worker: str) -> int:
+        return await self._execute(
+            "UPDATE runs SET lease_expires_at = 0 WHERE worker IS NOT NULL AND worker <> ?", (except_worker,)
+        )
+
+    async def add_to_inbox(self, item: InboxItem) -> bool:
+        def script() -> Script[bool]:
+            active = yield Query(
+                f"SELECT id FROM runs WHERE id = ? AND status IN ({_ACTIVE}) {self.db.dialect.for_share}",
+                (item.run_id,),
+            )
+            if not active:
+                return False
+            yield Execute(
+                "INSERT INTO inbox (id, run_id, input, created_at, applied_at) VALUES (?, ?, ?, ?, ?)",
+                (item.id, item.run_id, item.input, item.created_at, item.applied_at),
+            )
+            return True
+
+        return await self.db.transaction(script())
+
+    async def inbox(self, run_id: str) -> list[InboxItem]:
+        rows = await self.db.fetch(
+            "SELECT id, run_id, input, created_at, applied_at FROM inbox WHERE run_id = ? ORDER BY created_at, id",
+            (run_id,),
+        )
+        return [InboxItem(*row) for row in rows]
+
+    async def tool_marks(self, run_id: str) -> list[ToolMark]:
+        rows = await self.db.fetch(
+            "SELECT run_id, tool_call_id, tool_name, started_at, finished_at, result FROM tool_calls WHERE run_id = ?",
+            (run_id,),
+        )
+        return [ToolMark(*row) for row in rows]
+
+    # checkpoints
+
+    async def latest_checkpoint(self, thread_id: str) -> Checkpoint | None:
+        latest = "(SELECT MAX(id) FROM checkpoints WHERE thread_id = ?)"
+        return _checkpoint(await self.db.fetch(_chain(latest) + " ORDER BY depth DESC", (thread_id, thread_id)))
+
+    async def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None:
+        return _checkpoint(await self.db.fetch(_chain("?") + " ORDER BY depth DESC", (checkpoint_id, checkpoint_id)))
+
+    async def thread_snapshot(self, thread_id: str) -> ThreadSnapshot:
+        # One statement reads one snapshot of the database: the three answers agree with each other.
+        chain = _chain("(SELECT MAX(id) FROM checkpoints WHERE thread_id = ?)")
+        rows = await self.db.fetch(
+            f"SELECT (SELECT MAX(seq) FROM events WHERE thread_id = ?), "
+            f"EXISTS (SELECT 1 FROM runs WHERE thread_id = ? AND status IN ({_ACTIVE})), c.* "
+            f"FROM (SELECT 1 AS one) AS one LEFT JOIN ({chain}) AS c ON TRUE ORDER BY c.depth DESC",
+            (thread_id, thread_id, thread_id, thread_id),
+        )
+        checkpoint = _checkpoint([row[2:] for row in rows if row[2] is not None])
+        return ThreadSnapshot(last_seq=rows[0][0] or 0, checkpoint=checkpoint, run_active=bool(rows[0][1]))
+
+    # the event log and the feed
+
+    async def last_seq(self, thread_id: str) -> int:
+        row = await self._one("SELECT MAX(seq) FROM events WHERE thread_id = ?", (thread_id,))
+        return row[0] or 0 if row else 0
+
+    async def read_events(self, thread_id: str, after: int, limit: int, run_id: str | None = None) -> list[Event]:
+        if run_id is None:
+            sql = "SELECT seq, run_id, type, data FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+            args: tuple[Any, ...] = (thread_id, after, limit)
+        else:
+            sql = "SELECT seq, run_id, type, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+            args = (run_id, after, limit)
+        return [Event(thread_id, seq, rid, type_, data) for seq, rid, type_, data in await self.db.fetch(sql, args)]
+
+    async def last_feed_seq(self) -> int:
+        row = await self._one("SELECT seq FROM feed_head WHERE id = 1")
+        return row[0] if row else 0
+
+    async def read_feed(self, after: int, limit: int) -> list[FeedItem]:
+        rows = await self.db.fetch(
+            "SELECT seq, thread_id, run_id, data FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [FeedItem(*row) for row in rows]
+
+    async def write(self, batch: WriteBatch) -> list[FeedItem]:
+        return await self.db.transaction(self._write(batch))
+
+    def _write(self, batch: WriteBatch) -> Script[list[FeedItem]]:
+        lost = []
+        for lease in batch.leases.values():
+            if not (yield Query(self._fence, (lease.run_id, lease.worker, lease.epoch))):
+                lost.append(lease.run_id)
+        if lost:
+            raise LeaseLost(lost)
+        if batch.events:
+            rows = [(e.thread_id, e.seq, e.run_id, e.type, e.data) for e in batch.events]
+            yield InsertMany("events", _EVENT_COLUMNS, rows)
+        for cp in batch.checkpoints:
+            keep = _shared_prefix(cp.follows, cp.messages)
+            yield Execute(
+                "INSERT INTO checkpoints (thread_id, run_id, created_at, kind, keep, messages, parent_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, (SELECT MAX(id) FROM checkpoints WHERE thread_id = ?))",
+                (cp.thread_id, cp.run_id, cp.created_at, cp.kind, keep, b"\n".join(cp.messages[keep:]), cp.thread_id),
+            )
+        for run_id, fields in batch.run_updates:
+            yield _run_update(run_id, fields)
+        for mark in batch.tool_marks:
+            yield Execute(
+                "INSERT INTO tool_calls (run_id, tool_call_id, tool_name, started_at, finished_at, result) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, tool_call_id) DO UPDATE SET "
+                "started_at = excluded.started_at, finished_at = excluded.finished_at, result = excluded.result",
+                (mark.run_id, mark.tool_call_id, mark.tool_name, mark.started_at, mark.finished_at, mark.result),
+            )
+        for item_id, applied_at in batch.inbox_applied:
+            yield Execute("UPDATE inbox SET applied_at = ? WHERE id = ?", (applied_at, item_id))
+        if not batch.feed:
+            return []
+        # Last, so the counter's row lock is held only for the end of the transaction: feed commits take
+        # turns on it, which makes feed numbers follow commit order across workers, without gaps.
+        ((head,),) = yield Query("UPDATE feed_head SET seq = seq + ? WHERE id = 1 RETURNING seq", (len(batch.feed),))
+        first = head - len(batch.feed) + 1
+        items = [FeedItem(first + i, n.thread_id, n.run_id, n.data) for i, n in enumerate(batch.feed)]
+        yield InsertMany(
+            "feed", ("seq", "thread_id", "run_id", "data"), [(f.seq, f.thread_id, f.run_id, f.data) for f in items]
+        )
+        return items
+
+
+def _shared_prefix(before: list[bytes], after: list[bytes]) -> int:
+    """How many leading messages two histories share (the settled ones are the same objects)."""
+    n = 0
+    for old, new in zip(before, after, strict=False):
+        if old is not new and old != new:
+            break
+        n += 1
+    return n
+
+
+def _checkpoint(rows: list[tuple[Any, ...]]) -> Checkpoint | None:
+    """A checkpoint from the rows of `_chain`, oldest link first: each keeps part of the history so far
+    and adds to it."""
+    if not rows:
+        return None
+    messages: list[bytes] = []
+    for *_, keep, added, _depth in rows:
+        del messages[keep:]
+        if added:
+            messages.extend(bytes(added).split(b"\n"))
+    thread_id, run_id, created_at, id_, kind = rows[0][:5]
+    return Checkpoint(thread_id, run_id, messages, created_at, id=id_, kind=kind)
+
+
+def _thread(row: tuple[Any, ...]) -> Thread:
+    id_, title, created_at, updated_at, metadata, allowed_tools, last_run_status = row
+    return Thread(id_, title, created_at, updated_at, json.loads(metadata), json.loads(allowed_tools), last_run_status)
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    (*head, pending, decisions, base_checkpoint_id, retry_of, inflight, recoveries) = row[:16]
+    ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards = row[16:]
+    return Run(
+        *head,
+        pending_approvals=[PendingCall(**c) for c in json.loads(pending)] if pending else None,
+        decisions={k: Decision(**v) for k, v in json.loads(decisions).items()} if decisions else None,
+        base_checkpoint_id=base_checkpoint_id,
+        retry_of=retry_of,
+        inflight_response=bytes(inflight) if inflight is not None else None,
+        recoveries=recoveries,
+        ordinal=ordinal,
+        worker=worker,
+        lease_epoch=lease_epoch,
+        lease_expires_at=lease_expires_at,
+        released=released,
+        cancel_requested=cancel_requested,
+        cancel_discards=bool(cancel_discards),
+    )
+
+
+def _run_values(run: Run) -> tuple[Any, ...]:
+    return (
+        run.id,
+        run.thread_id,
+        run.status,
+        run.input,
+        run.multitask,
+        run.model,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.error,
+        _json_pending(run.pending_approvals),
+        _json_decisions(run.decisions),
+        run.base_checkpoint_id,
+        run.retry_of,
+        run.inflight_response,
+        run.recoveries,
+        run.ordinal,
+        run.worker,
+        run.lease_epoch,
+        run.lease_expires_at,
+        run.released,
+        run.cancel_requested,
+        run.cancel_discards,
+    )
+
+
+def _json_pending(pending: list[PendingCall] | None) -> str | None:
+    return None if pending is None else json.dumps([asdict(c) for c in pending])
+
+
+def _json_decisions(decisions: dict[str, Decision] | None) -> str | None:
+    return None if decisions is None else json.dumps({k: asdict(v) for k, v in decisions.items()}, sort_keys=True)
+
+
+def _run_update(run_id: str, fields: dict[str, Any]) -> Execute:
+    unknown = set(fields) - _UPDATABLE_RUN_FIELDS
+    assert not unknown, f"not updatable: {unknown}"
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    values = [_encode_run_field(name, value) for name, value in fields.items()]
+    return Execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values, run_id))
+
+
+def _encode_run_field(name: str, value: Any) -> Any:
+    if name == "pending_approvals":
+        return _json_pending(value)
+    if name == "decisions":
+        return _json_decisions(value)
+    return value
