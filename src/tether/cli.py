@@ -96,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_LEASE,
         "seconds a worker's claim on a run lives without renewal: a dead worker's runs are taken over after it",
     )
-    option("--max-runs", int, DEFAULT_MAX_RUNS, "runs this worker executes at once; more wait in the queue")
+    option(
+        "--max-runs",
+        int,
+        DEFAULT_MAX_RUNS,
+        "runs this worker executes at once; more wait in the queue (0: serve the API, execute nothing)",
+    )
     option("--agent", str, None, "your pydantic-ai Agent as module:attribute; default: the offline demo agent")
     option("--model", str, None, "a pydantic-ai model string used for every run, e.g. openai:gpt-4.1")
     option("--token", str, None, "require 'Authorization: Bearer TOKEN' on every /v1 route")
@@ -224,8 +229,8 @@ def serve_command(args: argparse.Namespace) -> int:
 def _check_numbers(settings: Settings) -> str | None:
     if settings.lease < 1:
         return f"--lease must be at least 1 second, got {settings.lease:g}"
-    if settings.max_runs < 1:
-        return f"--max-runs must be at least 1, got {settings.max_runs}"
+    if settings.max_runs < 0:
+        return f"--max-runs must be 0 or more, got {settings.max_runs}"
     return None
 
 
@@ -327,6 +332,7 @@ def runs_command(args: argparse.Namespace) -> int:
     rows = []
     for r in body["runs"]:
         took = f"{r['finished_at'] - r['started_at']:.2f}s" if r["finished_at"] and r["started_at"] else "-"
-        rows.append([r["id"], r["status"], _when(r["created_at"]), took, (r["error"] or "")[:60]])
-    _table(rows, ["RUN", "STATUS", "CREATED", "TOOK", "ERROR"])
+        worker = r.get("worker") or ""
+        rows.append([r["id"], r["status"], worker, _when(r["created_at"]), took, (r["error"] or "")[:60]])
+    _table(rows, ["RUN", "STATUS", "WORKER", "CREATED", "TOOK", "ERROR"])
     return 0

@@ -12,6 +12,7 @@ from tether.api.schemas import (
     ApprovalsRequest,
     CreateRun,
     CreateThread,
+    Engines,
     ErrorOut,
     Health,
     RunAccepted,
@@ -54,8 +55,16 @@ def resume_point(last_event_id: str | None, after: str | None) -> int:
 
 
 @health_router.get("/healthz", response_model=Health, tags=["health"])
-async def healthz() -> Health:
-    return Health(status="ok", version=__version__)
+async def healthz(request: Request) -> Health:
+    eng = engine(request)
+    bus = "redis" if eng.settings.redis else "memory"
+    return Health(
+        status="ok",
+        version=__version__,
+        worker=eng.worker_id,
+        engines=Engines(store=eng.store.engine, bus=bus, database=eng.store.url),
+        runs=eng.worker.executing,
+    )
 
 
 @router.post("/threads", status_code=201, response_model=ThreadOut, tags=["threads"])

@@ -76,6 +76,7 @@ class RunOut(BaseModel):
     finished_at: float | None
     error: str | None
     retry_of: str | None
+    worker: str | None = Field(description="The worker executing the run (holding its lease), while it runs.")
     pending_approvals: list[PendingCallOut] = Field(
         description="Tool calls waiting for a decision (with the decisions made so far) while awaiting_approval."
     )
@@ -153,6 +154,15 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
+class Engines(BaseModel):
+    store: Literal["sqlite", "postgresql"]
+    bus: Literal["memory", "redis"]
+    database: str = Field(description="Where the data is (no password).")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
+    worker: str = Field(description="This worker's id (the `worker` of the runs it executes).")
+    engines: Engines
+    runs: int = Field(description="Runs this worker executes now.")

@@ -119,8 +119,9 @@ class Journal:
         self._lost.discard(lease.run_id)
 
     def release(self, run_id: str) -> None:
+        """The run's execution here has ended. (If its lease was lost, it stays marked: nothing of it
+        that is still pending may be written without the lease.)"""
         self._leases.pop(run_id, None)
-        self._lost.discard(run_id)
 
     def lost(self, run_id: str) -> bool:
         return run_id in self._lost
@@ -142,6 +143,8 @@ class Journal:
         self._wake()
 
     def update_run(self, run_id: str, **fields: Any) -> None:
+        if run_id in self._lost:
+            raise LeaseLost([run_id])
         self._pending.run_updates.append((run_id, fields))
         self._wake()
 
@@ -172,10 +175,14 @@ class Journal:
         self._wake()
 
     def tool_mark(self, mark: ToolMark) -> None:
+        if mark.run_id in self._lost:
+            raise LeaseLost([mark.run_id])
         self._pending.tool_marks.append(mark)
         self._wake()
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.run_id in self._lost:
+            raise LeaseLost([checkpoint.run_id])
         self._pending.checkpoints.append(checkpoint)
         self._wake()
 
@@ -249,6 +256,7 @@ class Journal:
                 )
                 self._lost.update(lost.run_ids)
                 _drop_runs(batch, set(lost.run_ids))
+                _drop_runs(self._pending, set(lost.run_ids))  # appended meanwhile: refused just the same
                 self._on_lease_lost(lost.run_ids)
                 continue
             except StoreUnavailable:

@@ -10,6 +10,13 @@ A follower that falls behind while replaying just replays again (it reads
 from the log at its own pace). One that falls more than `buffer` events
 behind the live tail is cut off (`cut_off` is set): the connection is closed
 and the client resumes from its last id, reading the log instead of memory.
+
+Across workers the bus may lose items (Redis restarted, a message dropped),
+never invent them. So the log is the fallback: live items that skip a
+sequence number make the follower read the gap from the log first; whenever
+the bus has been quiet for a keep-alive interval (or wakes the follower after
+a reconnect) it looks in the log for anything it missed; and while the bus is
+unhealthy it polls the log every POLL seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Any
 from tether.bus import Bus
 
 REPLAY_PAGE = 2_000
+POLL = 0.25
+"""Seconds between looks at the log while the bus cannot be trusted to deliver."""
 
 
 class Follower:
@@ -67,21 +76,29 @@ class Follower:
                 if subscription.overflowed:
                     continue  # the tail moved on while we replayed: replay again
                 self._live = True
+                loop = asyncio.get_running_loop()
+                quiet_since = loop.time()
                 while True:
-                    items = await subscription.get(self._keepalive)
+                    items = await subscription.get(self._keepalive if self._bus.healthy else POLL)
                     if subscription.overflowed:
                         self.cut_off.set()
                         return
-                    fresh = [i for i in items if i.seq > self.last_seq and self._keep(i)]
-                    if not items:
-                        if self._gone is not None and await self._gone():
-                            return
-                        yield []
-                    elif fresh:
+                    if not items or items[0].seq > self.last_seq + 1:
+                        # Quiet, woken, or a gap: the log has whatever the bus did not bring.
+                        missed = await self._read(self.last_seq, REPLAY_PAGE)
+                        items = [*missed, *items]
+                    fresh = self._fresh(items)
+                    if fresh:
                         self.last_seq = fresh[-1].seq
+                        quiet_since = loop.time()
                         yield fresh
                         if self._ended(fresh):
                             return
+                    elif loop.time() - quiet_since >= self._keepalive:
+                        if self._gone is not None and await self._gone():
+                            return
+                        quiet_since = loop.time()
+                        yield []
             finally:
                 subscription.close()
 
@@ -93,6 +110,16 @@ class Follower:
                 yield page
             if len(page) < REPLAY_PAGE:
                 return
+
+    def _fresh(self, items: list[Any]) -> list[Any]:
+        """The items not sent yet, once each, in order (what the log and the bus both brought is dropped)."""
+        fresh, last = [], self.last_seq
+        for item in items:
+            if item.seq > last:
+                last = item.seq
+                if self._keep(item):
+                    fresh.append(item)
+        return fresh
 
     def _overflowed(self) -> None:
         # Called by the bus, possibly while the response is blocked sending to a stalled client.

@@ -65,6 +65,10 @@ class Worker:
         return min(1.0, self._settings.lease / 4)
 
     @property
+    def executing(self) -> int:
+        return len(self._executions)
+
+    @property
     def has_capacity(self) -> bool:
         return self._claiming and len(self._executions) < self._settings.max_runs
 
@@ -191,7 +195,7 @@ class Worker:
         self._journal.forget_thread(run.thread_id)  # the last writer may have been another worker
         await self._journal.open_thread(run.thread_id)
         if claim.mode == "takeover":
-            log.info("run %s: taken over (its worker %s stopped renewing its lease)", run.id, run.worker or "?")
+            log.info("run %s: taken over (worker %s stopped renewing its lease)", run.id, claim.previous_worker or "?")
         if claim.mode == "takeover" and run.recoveries >= settings.max_recoveries:
             await self._fail_unrecoverable(run)
             self._journal.release(run.id)

@@ -157,6 +157,8 @@ one continues from its checkpoint (handover); one whose worker's lease lapsed is
 class Claim:
     run: Run
     mode: ClaimMode
+    previous_worker: str | None = None
+    """Who held the lease before (for a takeover: the worker that stopped renewing it)."""
 
 
 class LeaseLost(RuntimeError):

@@ -99,7 +99,7 @@ class SQLStore:
         d = db.dialect
         self.engine = d.name
         self._claimable = f"""
-            SELECT r.id, r.status, r.released FROM runs AS r
+            SELECT r.id, r.status, r.released, r.worker FROM runs AS r
             WHERE (r.status = 'queued' AND NOT EXISTS (
                       SELECT 1 FROM runs AS o WHERE o.thread_id = r.thread_id
                       AND (o.status IN ({_LIVE}) OR (o.status = 'queued' AND o.ordinal < r.ordinal))))
@@ -237,7 +237,7 @@ class SQLStore:
     async def claim_runs(self, worker: str, lease_seconds: float, limit: int) -> list[Claim]:
         def script() -> Script[list[Claim]]:
             claims = []
-            for run_id, status, released in (yield Query(self._claimable, (limit,))):
+            for run_id, status, released, previous in (yield Query(self._claimable, (limit,))):
                 mode: ClaimMode = (
                     "start"
                     if status == "queued"
@@ -248,7 +248,7 @@ class SQLStore:
                     else "takeover"
                 )
                 (row,) = yield Query(self._take_lease, (worker, lease_seconds, run_id))
-                claims.append(Claim(_run(row), mode))
+                claims.append(Claim(_run(row), mode, previous))
             return claims
 
         return await self.db.transaction(script())

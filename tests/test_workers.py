@@ -1,0 +1,216 @@
+"""Several workers on one PostgreSQL database and one Redis: real `tether serve` processes.
+
+Any worker serves any stream and any control of any run; a run executes on one worker at a
+time (the one holding its lease); a killed worker's runs are taken over when its lease lapses,
+a stopped one hands them over at once, and a frozen one is fenced off: the database refuses
+what it writes after another worker took its runs.
+
+Workers that share a data directory share its database (see conftest): the demo agent's tool
+log is one file for all of them, so "ran once" is counted across workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tether.client import TetherClient
+
+from .conftest import TetherProcess, tool_log, wait_for_status, with_store
+from .test_recovery import Reader, check_consistency
+
+pytestmark = [pytest.mark.server, pytest.mark.parametrize("store_kind", ["postgres"], indirect=True)]
+
+
+def health(proc: TetherProcess) -> dict:
+    return httpx.get(proc.url + "/healthz", timeout=5).json()
+
+
+def worker_id(proc: TetherProcess) -> str:
+    return health(proc)["worker"]
+
+
+async def until(check: Callable[[], bool], within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.01)
+
+
+async def wait_for_worker(client: TetherClient, run_id: str, worker: str, within: float = 20) -> dict:
+    deadline = time.monotonic() + within
+    while True:
+        run = await client.get_run(run_id)
+        if run["worker"] == worker:
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} is not on worker {worker}: {run}"
+        await asyncio.sleep(0.02)
+
+
+async def wait_dead(proc: TetherProcess, within: float = 60) -> int:
+    assert proc.proc is not None
+    return await asyncio.to_thread(proc.proc.wait, within)
+
+
+async def test_a_run_executes_on_one_worker_while_another_serves_it(tether_process):
+    front = tether_process("--max-runs", "0").start()  # serves the API and streams, executes nothing
+    back = tether_process(data_dir=front.data_dir).start()
+    assert health(front)["engines"] == {
+        "store": "postgresql",
+        "bus": "redis",
+        "database": front.settings.database,
+    }
+    async with TetherClient(front.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/stream 40 ms=10")
+        await wait_for_worker(client, run["run_id"], worker_id(back))
+        events = [e async for e in client.stream_run(run["run_id"])]
+        done = await client.get_run(run["run_id"])
+    assert done["status"] == "completed" and done["worker"] is None
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].data["type"] == "RUN_FINISHED"
+    text = "".join(e.data["delta"] for e in events if e.data["type"] == "TEXT_MESSAGE_CONTENT")
+    assert text.endswith(" ".join(f"w{i}" for i in range(1, 41)))
+    await check_consistency(back.url, thread["id"], None)
+
+
+async def test_cancel_approve_and_steer_through_the_worker_that_does_not_run_it(tether_process):
+    front = tether_process("--max-runs", "0").start()
+    back = tether_process(data_dir=front.data_dir).start()
+    async with TetherClient(front.url) as client:
+        thread = await client.create_thread()
+        # cancel
+        run = await client.send(thread["id"], "/stream 1000 ms=20")
+        await wait_for_worker(client, run["run_id"], worker_id(back))
+        cancelled = await client.cancel(run["run_id"])
+        assert cancelled["status"] == "cancelled", cancelled
+        events = [e.data async for e in client.stream_run(run["run_id"])]
+        assert [e["type"] for e in events[-2:]] == ["CUSTOM", "RUN_FINISHED"]
+        # approve: the decision arrives at the front, the back resumes the run
+        run = await client.send(thread["id"], "/approve from the front")
+        paused = await wait_for_status(client, run["run_id"], {"awaiting_approval"})
+        call_id = paused["pending_approvals"][0]["tool_call_id"]
+        await client.decide(run["run_id"], {call_id: {"approved": True}})
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"})
+        assert done["status"] == "completed"
+        # steer
+        run = await client.send(thread["id"], "/steps 4 ms=300")
+        await wait_for_worker(client, run["run_id"], worker_id(back))
+        steered = await client.steer(thread["id"], "/stream 2")
+        assert steered["delivery"] == "inbox" and steered["run_id"] == run["run_id"]
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"})
+        stored = await client.get_thread(thread["id"])
+    assert done["status"] == "completed"
+    assert (front.data_dir / "notes.txt").read_text() == "from the front\n"
+    assert stored["messages"][-1]["content"] == "w1 w2"
+    await check_consistency(front.url, thread["id"], None)
+
+
+async def test_a_killed_workers_run_is_taken_over_and_the_reader_sees_every_event_once(tether_process):
+    front = tether_process("--max-runs", "0", "--lease", "2").start()
+    doomed = tether_process("--lease", "2", data_dir=front.data_dir).start()
+    async with TetherClient(front.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/steps 5 ms=200")
+        await wait_for_worker(client, run["run_id"], worker_id(doomed))
+        reader = Reader([front.url], thread["id"], run["run_id"])
+        reading = asyncio.create_task(reader.read())
+        heir = tether_process("--lease", "2", data_dir=front.data_dir).start()
+        await until(lambda: len(tool_log(front.data_dir)) >= 2)  # mid-run: a step or two done
+        doomed.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await wait_for_worker(client, run["run_id"], worker_id(heir), within=2 + 10)
+        took_over = time.monotonic() - killed_at
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"})
+        await asyncio.wait_for(reading, 30)
+    assert done["status"] == "completed", heir.log()[-2000:]
+    assert took_over < 2 + 5, f"takeover took {took_over:.1f}s with a 2s lease"
+    assert "taken over" in heir.log()
+    await check_consistency(front.url, thread["id"], reader)
+    assert reader.reconnects == 0, "the front worker's stream went on by itself"
+    runs = Counter(e["tool_call_id"] for e in tool_log(front.data_dir))
+    assert max(runs.values()) <= 2  # sleep is idempotent: at most the one in flight ran again
+
+
+async def test_sigterm_hands_runs_over_without_waiting_for_the_lease(tether_process):
+    front = tether_process("--max-runs", "0", "--lease", "30").start()
+    leaving = tether_process("--lease", "30", data_dir=front.data_dir).start()
+    async with TetherClient(front.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/steps 6 ms=300")
+        await wait_for_worker(client, run["run_id"], worker_id(leaving))
+        staying = tether_process("--lease", "30", data_dir=front.data_dir).start()
+        reader = Reader([front.url], thread["id"], run["run_id"])
+        reading = asyncio.create_task(reader.read())
+        await asyncio.sleep(0.5)
+        leaving.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        await wait_for_worker(client, run["run_id"], worker_id(staying), within=15)
+        handed_over = time.monotonic() - signalled
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"})
+        await asyncio.wait_for(reading, 30)
+    assert await wait_dead(leaving) == 0
+    assert done["status"] == "completed"
+    assert handed_over < 10, f"handover took {handed_over:.1f}s (the lease is 30s)"
+    stored = await with_store(front.settings, lambda store: store.get_run(run["run_id"]))
+    assert stored is not None and stored.recoveries == 0, "a handover is not a recovery"
+    await check_consistency(front.url, thread["id"], reader)
+    assert set(Counter(e["tool_call_id"] for e in tool_log(front.data_dir)).values()) == {1}
+
+
+async def test_a_frozen_worker_is_fenced_off_after_another_takes_its_run(tether_process):
+    front = tether_process("--max-runs", "0", "--lease", "2").start()
+    frozen = tether_process("--lease", "2", data_dir=front.data_dir).start()
+    async with TetherClient(front.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/steps 8 ms=250")
+        await wait_for_worker(client, run["run_id"], worker_id(frozen))
+        heir = tether_process("--lease", "2", data_dir=front.data_dir).start()
+        await asyncio.sleep(0.6)
+        frozen.proc.send_signal(signal.SIGSTOP)
+        try:
+            await wait_for_worker(client, run["run_id"], worker_id(heir), within=15)
+        finally:
+            frozen.proc.send_signal(signal.SIGCONT)
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"})
+        await until(lambda: "abandon" in frozen.log(), within=10)
+    assert done["status"] == "completed", (done, heir.log()[-3000:], frozen.log()[-3000:])
+    await check_consistency(front.url, thread["id"], None)
+
+
+async def test_two_posts_to_one_thread_on_two_workers_make_one_run(tether_process):
+    a = tether_process().start()
+    b = tether_process(data_dir=a.data_dir).start()
+    async with httpx.AsyncClient(timeout=30) as http:
+        for _ in range(10):
+            thread = (await http.post(f"{a.url}/v1/threads")).json()
+            body = {"input": "/stream 3"}
+            answers = await asyncio.gather(
+                http.post(f"{a.url}/v1/threads/{thread['id']}/runs", json=body),
+                http.post(f"{b.url}/v1/threads/{thread['id']}/runs", json=body),
+            )
+            assert sorted(r.status_code for r in answers) == [202, 409], [r.text for r in answers]
+            runs = (await http.get(f"{a.url}/v1/threads/{thread['id']}/runs")).json()["runs"]
+            assert len(runs) == 1
+
+
+async def test_twenty_runs_over_three_workers_with_one_killed(tether_process):
+    workers = [tether_process("--lease", "2").start()]
+    workers += [tether_process("--lease", "2", data_dir=workers[0].data_dir).start() for _ in range(2)]
+    async with TetherClient(workers[0].url) as client:
+        threads = await asyncio.gather(*[client.create_thread() for _ in range(20)])
+        runs = await asyncio.gather(*[client.send(t["id"], "/steps 4 ms=150") for t in threads])
+        await asyncio.sleep(0.4)
+        workers[1].stop(signal.SIGKILL)
+        done = await asyncio.gather(
+            *[wait_for_status(client, r["run_id"], {"completed", "failed"}, within=60) for r in runs]
+        )
+    assert [d["status"] for d in done] == ["completed"] * 20
+    for thread in threads:
+        await check_consistency(workers[2].url, thread["id"], None)
