@@ -142,7 +142,7 @@ async def test_sigterm_hands_runs_over_without_waiting_for_the_lease(tether_proc
     leaving = tether_process("--lease", "30", data_dir=front.data_dir).start()
     async with TetherClient(front.url) as client:
         thread = await client.create_thread()
-        run = await client.send(thread["id"], "/steps 6 ms=300")
+        run = await client.send(thread["id"], "/steps 20 ms=300")
         await wait_for_worker(client, run["run_id"], worker_id(leaving))
         staying = tether_process("--lease", "30", data_dir=front.data_dir).start()
         reader = Reader([front.url], thread["id"], run["run_id"])
@@ -210,6 +210,6 @@ async def test_twenty_runs_over_three_workers_with_one_killed(tether_process):
         done = await asyncio.gather(
             *[wait_for_status(client, r["run_id"], {"completed", "failed"}, within=60) for r in runs]
         )
-    assert [d["status"] for d in done] == ["completed"] * 20
+    assert [d["status"] for d in done] == ["completed"] * 20, [d["error"] for d in done if d["error"]]
     for thread in threads:
         await check_consistency(workers[2].url, thread["id"], None)

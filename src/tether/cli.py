@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_MAX_RUNS,
         "runs this worker executes at once; more wait in the queue (0: serve the API, execute nothing)",
     )
+    option("--workers", int, 1, "worker processes on this port (more than 1 needs --database postgresql://…)")
+    serve.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a --workers child
     option("--agent", str, None, "your pydantic-ai Agent as module:attribute; default: the offline demo agent")
     option("--model", str, None, "a pydantic-ai model string used for every run, e.g. openai:gpt-4.1")
     option("--token", str, None, "require 'Authorization: Bearer TOKEN' on every /v1 route")
@@ -160,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     sys.exit(args.handler(args))
 
 
@@ -184,6 +189,7 @@ def serve_command(args: argparse.Namespace) -> int:
         redis_prefix=args.redis_prefix,
         lease=args.lease,
         max_runs=args.max_runs,
+        workers=args.workers,
     )
     problem = _check_numbers(settings)
     if problem:
@@ -196,6 +202,17 @@ def serve_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if settings.workers > 1:
+        if not settings.uses_postgres or not settings.redis:
+            print(
+                "tether: --workers above 1 needs --database postgresql://… and --redis redis://…: "
+                "several processes share one PostgreSQL database and one Redis",
+                file=sys.stderr,
+            )
+            return 2
+        from tether.supervisor import supervise
+
+        return supervise(args.argv, settings.host, settings.port, settings.workers)
     from tether.agents import AgentLoadError  # imported late: refusing a bad host needs none of it
     from tether.app import ConfigError, create_app
     from tether.store.sqlite import DataDirInUse
@@ -222,7 +239,8 @@ def serve_command(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace + 5,
         lifespan="on",
     )
-    TetherServer(config, app.state.engine).run()
+    sockets = [socket.socket(fileno=args.listen_fd)] if args.listen_fd is not None else None
+    TetherServer(config, app.state.engine).run(sockets=sockets)
     return 0
 
 
@@ -231,6 +249,8 @@ def _check_numbers(settings: Settings) -> str | None:
         return f"--lease must be at least 1 second, got {settings.lease:g}"
     if settings.max_runs < 0:
         return f"--max-runs must be 0 or more, got {settings.max_runs}"
+    if settings.workers < 1:
+        return f"--workers must be at least 1, got {settings.workers}"
     return None
 
 

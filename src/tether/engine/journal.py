@@ -126,6 +126,11 @@ class Journal:
     def lost(self, run_id: str) -> bool:
         return run_id in self._lost
 
+    def lose(self, run_ids: list[str]) -> None:
+        """These runs' leases are gone: drop what of them is pending, and refuse anything more."""
+        self._lost.update(run_ids)
+        _drop_runs(self._pending, set(run_ids))
+
     def event(self, thread_id: str, run_id: str, type_: str, data: str) -> Event:
         if run_id in self._lost:
             raise LeaseLost([run_id])
@@ -246,7 +251,10 @@ class Journal:
         """Write a batch: without the items of runs whose lease was lost, and waiting out an outage."""
         outage_began: float | None = None
         while True:
-            batch.leases = {run_id: lease for run_id in _runs_in(batch) if (lease := self._leases.get(run_id))}
+            runs = _runs_in(batch)
+            if runs & self._lost:
+                _drop_runs(batch, self._lost)  # lost while this batch waited: the store would refuse it
+            batch.leases = {run_id: lease for run_id in runs if (lease := self._leases.get(run_id))}
             try:
                 feed = await self._store.write(batch)
             except LeaseLost as lost:
@@ -254,9 +262,8 @@ class Journal:
                     "run(s) %s: another worker holds the lease now; this worker writes nothing more of them",
                     ", ".join(lost.run_ids),
                 )
-                self._lost.update(lost.run_ids)
                 _drop_runs(batch, set(lost.run_ids))
-                _drop_runs(self._pending, set(lost.run_ids))  # appended meanwhile: refused just the same
+                self.lose(lost.run_ids)  # what they appended meanwhile would be refused just the same
                 self._on_lease_lost(lost.run_ids)
                 continue
             except StoreUnavailable:

@@ -111,6 +111,7 @@ class Worker:
 
     def lose(self, run_ids: list[str]) -> None:
         """Another worker holds these runs' leases now: stop executing them, writing nothing more."""
+        self._journal.lose(run_ids)
         for run_id in run_ids:
             found = self._executions.get(run_id)
             if found is not None:
