@@ -265,6 +265,22 @@ async def test_a_public_address_without_a_token_is_refused(tmp_path):
         assert "ready" not in out
 
 
+async def test_engine_settings_that_cannot_work_are_refused_with_the_fix(tmp_path):
+    base = ("serve", "--port", "0", "--data-dir", str(tmp_path / "d"))
+    cases = [
+        (("--workers", "2"), "--workers above 1 needs --database postgresql://"),
+        (("--database", "postgresql://127.0.0.1/x"), "add --redis redis://"),
+        (("--database", "mysql://x"), "--database must be postgresql://"),
+        (("--lease", "0.5"), "--lease must be at least 1 second"),
+        (("--max-runs", "-1"), "--max-runs must be 0 or more"),
+    ]
+    results = await asyncio.gather(*[cli(*base, *args) for args, _ in cases])
+    for (args, message), (code, out, err) in zip(cases, results, strict=True):
+        assert code == 2, (args, out, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err
+
+
 async def test_a_public_address_with_a_token_serves(tether_process):
     server = tether_process("--host", "0.0.0.0", "--token", "x").spawn()
     port = await asyncio.to_thread(wait_ready, server)
@@ -414,13 +430,15 @@ def _sample(action: argparse.Action) -> tuple[str, Any]:
 
 
 def _options(parser: argparse.ArgumentParser) -> list[tuple[str, list[str], argparse.Action]]:
-    """(command, its required positionals, option) for every option of every command."""
+    """(command, its required positionals, option) for every documented option of every command (not
+    the hidden --listen-fd, which only `tether serve --workers N` gives its own children)."""
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     out = []
     for name, sub in commands.choices.items():
         positionals = ["thr_x" for a in sub._actions if not a.option_strings and a.nargs is None]
         for action in sub._actions:
-            if action.option_strings and action.dest != "help" and action.nargs != 0:
+            documented = action.help != argparse.SUPPRESS
+            if action.option_strings and action.dest != "help" and action.nargs != 0 and documented:
                 out.append((name, positionals, action))
     return out
 

@@ -12,7 +12,9 @@ log is one file for all of them, so "ran once" is counted across workers.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -213,3 +215,36 @@ async def test_twenty_runs_over_three_workers_with_one_killed(tether_process):
     assert [d["status"] for d in done] == ["completed"] * 20, [d["error"] for d in done if d["error"]]
     for thread in threads:
         await check_consistency(workers[2].url, thread["id"], None)
+
+
+def child_pids(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return sorted(int(p) for p in found)
+
+
+async def test_the_workers_flag_serves_one_port_with_n_processes_and_restarts_a_dead_one(tether_process):
+    server = tether_process("--workers", "2").start()
+    await until(lambda: server.log().count("Tether is ready") == 2)
+    children = child_pids(server.proc.pid)
+    assert len(children) == 2
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/stream 5")
+        assert (await wait_for_status(client, run["run_id"], {"completed", "failed"}))["status"] == "completed"
+        os.kill(children[0], signal.SIGKILL)
+        await until(lambda: "exited with -9" in server.log() and server.log().count("Tether is ready") == 3)
+        assert len(child_pids(server.proc.pid)) == 2 and children[0] not in child_pids(server.proc.pid)
+        run = await client.send(thread["id"], "/stream 5")
+        assert (await wait_for_status(client, run["run_id"], {"completed", "failed"}))["status"] == "completed"
+    survivors = child_pids(server.proc.pid)
+    server.proc.send_signal(signal.SIGTERM)
+    assert await wait_dead(server) == 0
+    assert not [pid for pid in survivors if alive(pid)], "a worker outlived the supervisor"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
