@@ -41,6 +41,8 @@ from tether.app import create_app, open_store
 from tether.config import Settings
 from tether.store import Store
 
+from .services import PG_BIN, REDIS_SERVER, PrivatePostgres, PrivateRedis, require_that
+
 IN_CI = os.environ.get("CI") == "true"
 POSTGRES = os.environ.get("TETHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 """A PostgreSQL server where tests may create databases (trust auth on this machine)."""
@@ -315,3 +317,23 @@ async def thread_events(client: Any, thread_id: str) -> list[dict]:
         if event.seq == last:
             return events
     return events
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, not yet started, killed at the end."""
+    require_that(os.access(REDIS_SERVER, os.X_OK), f"{REDIS_SERVER} is missing")
+    server = PrivateRedis(tmp_path)
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the test's own, started, removed at the end."""
+    require_that((PG_BIN / "initdb").exists(), f"{PG_BIN / 'initdb'} is missing")
+    server = PrivatePostgres()
+    server.init()
+    server.start()
+    yield server
+    server.remove()

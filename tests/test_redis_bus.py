@@ -11,15 +11,9 @@ import asyncio
 import gc
 import json
 import logging
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import uuid4
 
@@ -32,35 +26,11 @@ from tether.bus.memory import MemorySubscription
 from tether.bus.redis import RedisBus, RedisUnavailable, decode, encode
 from tether.events import Event, FeedItem
 
-from .conftest import IN_CI
+from .services import PrivateRedis, answers_ping, free_port, require_that
 
 SHARED_HOST, SHARED_PORT = "127.0.0.1", 6379
 SHARED_URL = f"redis://{SHARED_HOST}:{SHARED_PORT}/0"
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
 MakeBus = Callable[..., Awaitable[RedisBus]]
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def event(seq: int, thread_id: str = "thr_1", data: str | None = None) -> Event:
@@ -108,7 +78,7 @@ async def buses(prefix: str) -> AsyncIterator[MakeBus]:
 
     async def make(worker_id: str, *, url: str = SHARED_URL, prefix: str = prefix, **kwargs: Any) -> RedisBus:
         if url == SHARED_URL:
-            _require(_answers_ping(SHARED_PORT), f"no Redis at {SHARED_URL}")
+            require_that(answers_ping(SHARED_PORT), f"no Redis at {SHARED_URL}")
         bus = RedisBus(url, prefix=prefix, worker_id=worker_id, **kwargs)
         await bus.start()
         started.append(bus)
@@ -117,50 +87,6 @@ async def buses(prefix: str) -> AsyncIterator[MakeBus]:
     yield make
     for bus in started:
         await bus.close()
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, on a free port, that the test can kill, pause and restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.process = self._spawn()
-        deadline = time.monotonic() + 10
-        while not _answers_ping(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start on port {self.port}")
-            await asyncio.sleep(0.02)
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        command += ["--dir", str(self.directory)]
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    _require(os.access(REDIS_SERVER, os.X_OK), f"{REDIS_SERVER} is missing")
-    server = PrivateRedis(tmp_path)
-    yield server
-    server.kill()
 
 
 def test_wire_format_round_trip() -> None:
@@ -361,7 +287,7 @@ async def test_a_hung_redis_is_noticed_without_traffic(private_redis: PrivateRed
 
 
 async def test_start_without_redis_fails_promptly_and_says_where() -> None:
-    url = f"redis://:secret@127.0.0.1:{_free_port()}/0"
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
     bus = RedisBus(url, prefix="test:", worker_id="a")
     started = time.monotonic()
     with pytest.raises(RedisUnavailable) as raised:
@@ -374,7 +300,7 @@ async def test_start_without_redis_fails_promptly_and_says_where() -> None:
 
 
 async def test_close_leaves_no_task_and_no_open_connection() -> None:
-    _require(_answers_ping(SHARED_PORT), f"no Redis at {SHARED_URL}")
+    require_that(answers_ping(SHARED_PORT), f"no Redis at {SHARED_URL}")
     worker_id = f"close-{uuid4().hex}"
     observer = Redis.from_url(SHARED_URL)
     with warnings.catch_warnings(record=True) as caught:

@@ -66,6 +66,7 @@ async def test_a_run_executes_on_one_worker_while_another_serves_it(tether_proce
     assert health(front)["engines"] == {
         "store": "postgresql",
         "bus": "redis",
+        "bus_healthy": True,
         "database": front.settings.database,
     }
     async with TetherClient(front.url) as client:
@@ -248,3 +249,52 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_redis_restarted_mid_stream_loses_no_event_and_fails_no_run(tether_process, private_redis):
+    await private_redis.start()
+    redis = ("--redis", private_redis.url)
+    front = tether_process("--max-runs", "0", *redis).start()
+    back = tether_process(*redis, data_dir=front.data_dir).start()
+    async with TetherClient(front.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/stream 150 ms=20")
+        await wait_for_worker(client, run["run_id"], worker_id(back))
+        reader = Reader([front.url], thread["id"], run["run_id"])  # live events cross Redis to reach it
+        reading = asyncio.create_task(reader.read())
+        await until(lambda: len(reader.events) > 20)
+        private_redis.kill()
+        await until(lambda: not health(front)["engines"]["bus_healthy"], within=5)
+        await asyncio.sleep(1)
+        await private_redis.start()
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"})
+        await asyncio.wait_for(reading, 30)
+        assert done["status"] == "completed"
+        await check_consistency(front.url, thread["id"], reader)
+        assert reader.reconnects == 0, "the stream went on from the database by itself"
+        await until(lambda: health(front)["engines"]["bus_healthy"], within=10)
+        after = await client.send(thread["id"], "/stream 5")  # live delivery is back
+        events = [e async for e in client.stream_run(after["run_id"])]
+    assert events[-1].data["type"] == "RUN_FINISHED"
+
+
+async def test_postgres_stopped_for_five_seconds_mid_run(tether_process, private_postgres):
+    database = ("--database", private_postgres.url)
+    server = tether_process(*database).start()
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/steps 10 ms=400")
+        reader = Reader([server.url], thread["id"], run["run_id"])
+        reading = asyncio.create_task(reader.read())
+        await until(lambda: len(reader.events) > 10)
+        await asyncio.to_thread(private_postgres.stop)
+        meanwhile = await http.get(f"/v1/threads/{thread['id']}")
+        assert meanwhile.status_code == 503, meanwhile.text
+        assert meanwhile.json()["error"]["code"] == "unavailable"
+        await asyncio.sleep(5)
+        await asyncio.to_thread(private_postgres.start)
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"}, within=60)
+        await asyncio.wait_for(reading, 30)
+    assert done["status"] == "completed", server.log()[-3000:]
+    await check_consistency(server.url, thread["id"], reader)
+    assert "the database is unreachable" in server.log()

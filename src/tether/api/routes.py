@@ -62,7 +62,7 @@ async def healthz(request: Request) -> Health:
         status="ok",
         version=__version__,
         worker=eng.worker_id,
-        engines=Engines(store=eng.store.engine, bus=bus, database=eng.store.url),
+        engines=Engines(store=eng.store.engine, bus=bus, bus_healthy=eng.bus.healthy, database=eng.store.url),
         runs=eng.worker.executing,
     )
 

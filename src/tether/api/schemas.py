@@ -157,6 +157,9 @@ class ErrorOut(BaseModel):
 class Engines(BaseModel):
     store: Literal["sqlite", "postgresql"]
     bus: Literal["memory", "redis"]
+    bus_healthy: bool = Field(
+        description="False while the Redis bus reconnects: streams are fed from the database meanwhile."
+    )
     database: str = Field(description="Where the data is (no password).")
 
 

@@ -256,6 +256,9 @@ class Journal:
                 _drop_runs(batch, self._lost)  # lost while this batch waited: the store would refuse it
             batch.leases = {run_id: lease for run_id in runs if (lease := self._leases.get(run_id))}
             try:
+                if outage_began is not None and await self._already_written(batch):
+                    log.info("the commit that the outage interrupted had gone through; not writing it again")
+                    return []  # its feed items are stored; followers find them in the log
                 feed = await self._store.write(batch)
             except LeaseLost as lost:
                 log.warning(
@@ -278,6 +281,14 @@ class Journal:
             if outage_began is not None:
                 log.info("the database is back after %.1fs", time.monotonic() - outage_began)
             return feed
+
+    async def _already_written(self, batch: WriteBatch) -> bool:
+        """Whether a commit whose answer the connection lost went through (its first event is stored)."""
+        if not batch.events:
+            return False
+        first = batch.events[0]
+        stored = await self._store.read_events(first.thread_id, first.seq - 1, 1)
+        return bool(stored) and stored[0].seq == first.seq and stored[0].data == first.data
 
     def _drop_pending(self, threads: set[str]) -> None:
         """Forget what failed threads appended after the failed batch: its sequence numbers follow
