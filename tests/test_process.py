@@ -450,7 +450,8 @@ def test_every_option_reads_its_environment_variable(monkeypatch):
     }
     for command, positionals, action in options:
         flag = action.option_strings[0]
-        env = "TETHER_" + flag.removeprefix("--").upper().replace("-", "_")
+        env = re.search(r"\[(TETHER_[A-Z_]+)\]", action.help or "")[1]  # --help names the variable
+        assert env.startswith("TETHER_" + flag.removeprefix("--").upper().replace("-", "_")), (flag, env)
         raw, expected = _sample(action)
         monkeypatch.setenv(env, raw)
         args = build_parser().parse_args([command, *positionals])

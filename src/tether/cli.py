@@ -56,8 +56,10 @@ def _env_option(parser: argparse.ArgumentParser) -> Callable[..., None]:
     error as a bad flag.
     """
 
-    def option(flag: str, type_: Callable[[str], Any], default: Any, help_: str, **kwargs: Any) -> None:
-        env = "TETHER_" + flag.removeprefix("--").upper().replace("-", "_")
+    def option(
+        flag: str, type_: Callable[[str], Any], default: Any, help_: str, *, env: str | None = None, **kwargs: Any
+    ) -> None:
+        env = env or "TETHER_" + flag.removeprefix("--").upper().replace("-", "_")
         parser.add_argument(flag, type=type_, default=os.environ.get(env, default), help=f"{help_} [{env}]", **kwargs)
 
     return option
@@ -88,8 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
         str,
         None,
         "postgresql://USER@HOST/DB for several workers, or sqlite:///PATH; default: SQLite in the data directory",
+        env="TETHER_DATABASE_URL",
     )
-    option("--redis", str, None, "redis://HOST:6379: live streams and control between workers (needed with PostgreSQL)")
+    option(
+        "--redis",
+        str,
+        None,
+        "redis://HOST:6379: live streams and control between workers (needed with PostgreSQL)",
+        env="TETHER_REDIS_URL",
+    )
     option("--redis-prefix", str, "tether:", "prefix of Tether's Redis channels (deployments sharing one stay apart)")
     option(
         "--lease",

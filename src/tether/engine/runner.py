@@ -112,6 +112,7 @@ class RunExecution:
         self._batch_response: ModelResponse | None = None  # the response whose tool calls are executing
         self._stopping = False
         self._steers_waiting: list[InboxItem] = []
+        self._steers_known: set[str] = set()
         self._steers_sent: dict[str, InboxItem] = {}
         """enqueue_id → steering message handed to pydantic-ai."""
         self._steers_recorded: set[str] = set()
@@ -140,10 +141,18 @@ class RunExecution:
         self._stopping = True
 
     def steer(self, item: InboxItem) -> None:
-        """Deliver a steering message before the next model request (pydantic-ai's enqueue)."""
+        """Deliver a steering message before the next model request (pydantic-ai's enqueue), once:
+        the same message may come both from the bus and from the inbox."""
+        if item.id in self._steers_known:
+            return
+        self._steers_known.add(item.id)
         if self._agent_run is None:
             self._steers_waiting.append(item)
-            return
+        else:
+            self._enqueue(item)
+
+    def _enqueue(self, item: InboxItem) -> None:
+        assert self._agent_run is not None
         enqueue_id = self._agent_run.enqueue(item.input)
         if enqueue_id is not None:
             self._steers_sent[enqueue_id] = item
@@ -157,7 +166,9 @@ class RunExecution:
             prompt, snapshot = await self._prepare()
             log.info("run %s %s on thread %s", run.id, _VERBS[self._mode], run.thread_id)
             crash_point("run_started")
-            self._steers_waiting += [i for i in await self._store.inbox(run.id) if i.applied_at is None]
+            for item in await self._store.inbox(run.id):
+                if item.applied_at is None:
+                    self.steer(item)
             stream = TetherEventStream(
                 thread_id=run.thread_id,
                 run_id=run.id,
@@ -360,7 +371,7 @@ class RunExecution:
             ) as agent_run:
                 self._agent_run = agent_run
                 for item in self._steers_waiting:
-                    self.steer(item)
+                    self._enqueue(item)
                 self._steers_waiting = []
                 if self._cancel_reason is not None:
                     agent_run.cancel()

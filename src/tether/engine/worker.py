@@ -272,10 +272,16 @@ class Worker:
                 continue
             self._reachable()
             self.lose([lease.run_id for lease in leases if lease.run_id not in held])
-            for run_id, cancel in held.items():
+            for run_id, asked in held.items():
                 runner = self.execution(run_id)
-                if cancel is not None and runner is not None and not runner.cancelling:
-                    runner.cancel(cancel[0], discard_partial=cancel[1])
+                if runner is None:
+                    continue
+                if asked.cancel is not None and not runner.cancelling:
+                    runner.cancel(*asked.cancel)
+                if asked.steered:  # the bus may not have brought it: the runner ignores what it has
+                    for item in await self._store.inbox(run_id):
+                        if item.applied_at is None:
+                            runner.steer(item)
 
     def _unreachable(self, exc: Exception) -> None:
         if self._unreachable_since is None:

@@ -176,6 +176,17 @@ class Lease:
     epoch: int
 
 
+@dataclass(frozen=True)
+class Renewed:
+    """A lease still held, and what other workers asked of its run meanwhile (through the database,
+    for when the bus could not tell)."""
+
+    cancel: tuple[str, bool] | None
+    """A requested cancel: (reason, discards)."""
+    steered: bool
+    """Its inbox has steering messages not yet applied."""
+
+
 CheckpointKind = Literal["start", "step", "pause", "end"]
 """start: a retry's rewind; step: before a model request (after a tool batch or a steer);
 pause: waiting for approval; end: the run ended."""
@@ -259,9 +270,9 @@ class Store(Protocol):
         """Take the lease of a run awaiting approval (to end it); None if it is not awaiting approval."""
         ...
 
-    async def renew_leases(self, leases: list[Lease], lease_seconds: float) -> dict[str, tuple[str, bool] | None]:
-        """Extend the leases still held: run id → its requested cancel (reason, discards) or None.
-        Runs missing from the answer were taken by another worker."""
+    async def renew_leases(self, leases: list[Lease], lease_seconds: float) -> dict[str, Renewed]:
+        """Extend the leases still held (run id → what was asked of the run meanwhile). Runs missing
+        from the answer were taken by another worker."""
         ...
 
     async def expire_leases(self, except_worker: str) -> int:

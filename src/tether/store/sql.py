@@ -30,6 +30,7 @@ from tether.store import (
     Lease,
     LeaseLost,
     PendingCall,
+    Renewed,
     Run,
     RunStatus,
     Thread,
@@ -267,20 +268,22 @@ class SQLStore:
 
         return await self.db.transaction(script())
 
-    async def renew_leases(self, leases: list[Lease], lease_seconds: float) -> dict[str, tuple[str, bool] | None]:
+    async def renew_leases(self, leases: list[Lease], lease_seconds: float) -> dict[str, Renewed]:
         d = self.db.dialect
 
-        def script() -> Script[dict[str, tuple[str, bool] | None]]:
-            held: dict[str, tuple[str, bool] | None] = {}
+        def script() -> Script[dict[str, Renewed]]:
+            held: dict[str, Renewed] = {}
             for lease in leases:
                 rows = yield Query(
                     f"UPDATE runs SET lease_expires_at = {d.now} + ? WHERE id = ? AND worker = ? AND lease_epoch = ? "
-                    "RETURNING cancel_requested, cancel_discards",
+                    "RETURNING cancel_requested, cancel_discards, "
+                    "EXISTS (SELECT 1 FROM inbox WHERE inbox.run_id = runs.id AND applied_at IS NULL)",
                     (lease_seconds, lease.run_id, lease.worker, lease.epoch),
                 )
                 if rows:
-                    reason, discards = rows[0]
-                    held[lease.run_id] = (reason, bool(discards)) if reason is not None else None
+                    reason, discards, steered = rows[0]
+                    cancel = (reason, bool(discards)) if reason is not None else None
+                    held[lease.run_id] = Renewed(cancel, bool(steered))
             return held
 
         return await self.db.transaction(script())
