@@ -298,3 +298,31 @@ async def test_postgres_stopped_for_five_seconds_mid_run(tether_process, private
     assert done["status"] == "completed", server.log()[-3000:]
     await check_consistency(server.url, thread["id"], reader)
     assert "the database is unreachable" in server.log()
+
+
+async def test_cancel_and_steer_reach_their_run_through_the_database_while_redis_is_down(
+    tether_process, private_redis
+):
+    await private_redis.start()
+    flags = ("--redis", private_redis.url, "--lease", "3")
+    front = tether_process("--max-runs", "0", *flags).start()
+    back = tether_process(*flags, data_dir=front.data_dir).start()
+    async with TetherClient(front.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/steps 12 ms=400")
+        await wait_for_worker(client, run["run_id"], worker_id(back))
+        private_redis.kill()
+        await until(lambda: not health(back)["engines"]["bus_healthy"], within=5)
+        steered = await client.steer(thread["id"], "/stream 2")
+        assert steered["delivery"] == "inbox"
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"}, within=30)
+        stored = await client.get_thread(thread["id"])
+        assert done["status"] == "completed"
+        assert [m["content"] for m in stored["messages"] if m["role"] == "user"] == ["/steps 12 ms=400", "/stream 2"]
+        assert stored["messages"][-1]["content"] == "w1 w2"
+        assert len(await client.list_runs(thread["id"])) == 1, "the steer reached the run, not a follow-up"
+        run = await client.send(thread["id"], "/stream 1000 ms=20")
+        await wait_for_worker(client, run["run_id"], worker_id(back))
+        cancelled = await client.cancel(run["run_id"])
+    assert cancelled["status"] == "cancelled"
+    await check_consistency(front.url, thread["id"], None)

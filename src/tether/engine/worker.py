@@ -172,14 +172,19 @@ class Worker:
             except TimeoutError:
                 pass
             self._wakeup.clear()
-            free = self._settings.max_runs - len(self._executions)
-            if not self._claiming or free <= 0:
-                continue
+            try:
+                await self._claim()
+            except Exception:
+                log.exception("claiming runs failed; trying again")  # a dead loop would claim nothing, ever
+
+    async def _claim(self) -> None:
+        free = self._settings.max_runs - len(self._executions)
+        if self._claiming and free > 0:
             try:
                 claims = await self._store.claim_runs(self.id, self._settings.lease, free)
             except StoreUnavailable as exc:
                 self._unreachable(exc)
-                continue
+                return
             self._reachable()
             for claim in claims:
                 try:
@@ -191,6 +196,11 @@ class Worker:
 
     async def _begin(self, claim: Claim) -> None:
         run, settings = claim.run, self._settings
+        if run.id in self._executions:
+            # This worker's own lease on it lapsed (its loop was held up too long): the execution it
+            # still has is fenced off; end it before the new one starts.
+            self.lose([run.id])
+            await asyncio.gather(self._executions[run.id][1], return_exceptions=True)
         lease = Lease(run.id, self.id, run.lease_epoch)
         self._journal.hold(lease)
         self._journal.forget_thread(run.thread_id)  # the last writer may have been another worker
@@ -262,14 +272,19 @@ class Worker:
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(self._settings.lease / 3)
-            leases = [lease for _, _, lease in self._executions.values()]
-            if not leases:
-                continue
+            try:
+                await self._renew()
+            except Exception:
+                log.exception("renewing leases failed; trying again")  # a dead loop would lose every lease
+
+    async def _renew(self) -> None:
+        leases = [lease for _, _, lease in self._executions.values()]
+        if leases:
             try:
                 held = await self._store.renew_leases(leases, self._settings.lease)
             except StoreUnavailable as exc:
                 self._unreachable(exc)
-                continue
+                return
             self._reachable()
             self.lose([lease.run_id for lease in leases if lease.run_id not in held])
             for run_id, asked in held.items():
@@ -277,7 +292,8 @@ class Worker:
                 if runner is None:
                     continue
                 if asked.cancel is not None and not runner.cancelling:
-                    runner.cancel(*asked.cancel)
+                    reason, discards = asked.cancel
+                    runner.cancel(reason, discard_partial=discards)
                 if asked.steered:  # the bus may not have brought it: the runner ignores what it has
                     for item in await self._store.inbox(run_id):
                         if item.applied_at is None:
