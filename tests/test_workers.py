@@ -12,6 +12,7 @@ log is one file for all of them, so "ran once" is counted across workers.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -60,6 +61,18 @@ async def wait_dead(proc: TetherProcess, within: float = 60) -> int:
     return await asyncio.to_thread(proc.proc.wait, within)
 
 
+async def run_stream_to_its_end(url: str, run_id: str) -> list[tuple[int, dict]]:
+    """The run's SSE stream, read until the server ends the response (as it must after RUN_FINISHED)."""
+    events, seq = [], 0
+    async with httpx.AsyncClient(timeout=30) as http, http.stream("GET", f"{url}/v1/runs/{run_id}/stream") as response:
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                seq = int(line[4:])
+            elif line.startswith("data: "):
+                events.append((seq, json.loads(line[6:])))
+    return events
+
+
 async def test_a_run_executes_on_one_worker_while_another_serves_it(tether_process):
     front = tether_process("--max-runs", "0").start()  # serves the API and streams, executes nothing
     back = tether_process(data_dir=front.data_dir).start()
@@ -73,12 +86,12 @@ async def test_a_run_executes_on_one_worker_while_another_serves_it(tether_proce
         thread = await client.create_thread()
         run = await client.send(thread["id"], "/stream 40 ms=10")
         await wait_for_worker(client, run["run_id"], worker_id(back))
-        events = [e async for e in client.stream_run(run["run_id"])]
+        events = await asyncio.wait_for(run_stream_to_its_end(front.url, run["run_id"]), 30)
         done = await client.get_run(run["run_id"])
     assert done["status"] == "completed" and done["worker"] is None
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert events[-1].data["type"] == "RUN_FINISHED"
-    text = "".join(e.data["delta"] for e in events if e.data["type"] == "TEXT_MESSAGE_CONTENT")
+    assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
+    assert events[-1][1]["type"] == "RUN_FINISHED"
+    text = "".join(e["delta"] for _, e in events if e["type"] == "TEXT_MESSAGE_CONTENT")
     assert text.endswith(" ".join(f"w{i}" for i in range(1, 41)))
     await check_consistency(back.url, thread["id"], None)
 
@@ -171,7 +184,7 @@ async def test_a_frozen_worker_is_fenced_off_after_another_takes_its_run(tether_
     frozen = tether_process("--lease", "2", data_dir=front.data_dir).start()
     async with TetherClient(front.url) as client:
         thread = await client.create_thread()
-        run = await client.send(thread["id"], "/steps 8 ms=250")
+        run = await client.send(thread["id"], "/steps 24 ms=250")
         await wait_for_worker(client, run["run_id"], worker_id(frozen))
         heir = tether_process("--lease", "2", data_dir=front.data_dir).start()
         await asyncio.sleep(0.6)
@@ -192,7 +205,7 @@ async def test_two_posts_to_one_thread_on_two_workers_make_one_run(tether_proces
     async with httpx.AsyncClient(timeout=30) as http:
         for _ in range(10):
             thread = (await http.post(f"{a.url}/v1/threads")).json()
-            body = {"input": "/stream 3"}
+            body = {"input": "/stream 50 ms=100"}  # still running when the other request is checked
             answers = await asyncio.gather(
                 http.post(f"{a.url}/v1/threads/{thread['id']}/runs", json=body),
                 http.post(f"{b.url}/v1/threads/{thread['id']}/runs", json=body),
@@ -300,9 +313,7 @@ async def test_postgres_stopped_for_five_seconds_mid_run(tether_process, private
     assert "the database is unreachable" in server.log()
 
 
-async def test_cancel_and_steer_reach_their_run_through_the_database_while_redis_is_down(
-    tether_process, private_redis
-):
+async def test_cancel_and_steer_reach_their_run_through_the_database_while_redis_is_down(tether_process, private_redis):
     await private_redis.start()
     flags = ("--redis", private_redis.url, "--lease", "3")
     front = tether_process("--max-runs", "0", *flags).start()

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ag_ui.core import BaseEvent, TextMessageContentEvent
+from ag_ui.core import BaseEvent, EventType, TextMessageContentEvent
 from pydantic_core import to_json
 
 RUN_FINISHED = "RUN_FINISHED"
@@ -84,6 +84,12 @@ def _plain_text_content(event: TextMessageContentEvent) -> bool:
         and event.metadata is None
         and event.subagent_run_id is None
     )
+
+
+def type_name(event: BaseEvent) -> str:
+    """The event's type as a plain string, as it is stored and sent between workers. (ag-ui's
+    EventType is a str enum, but formatted it reads "EventType.RUN_FINISHED".)"""
+    return EventType(event.type).value
 
 
 def is_terminal(event_type: str) -> bool:

@@ -41,7 +41,7 @@ from tether.store import (
     ToolMark,
     WriteBatch,
 )
-from tether.store.db import StoreUnavailable
+from tether.store.db import StoreConflict, StoreUnavailable
 
 log = logging.getLogger("tether.journal")
 
@@ -268,6 +268,9 @@ class Journal:
                 _drop_runs(batch, set(lost.run_ids))
                 self.lose(lost.run_ids)  # what they appended meanwhile would be refused just the same
                 self._on_lease_lost(lost.run_ids)
+                continue
+            except StoreConflict as conflict:
+                log.info("%s; committing again", conflict)  # rolled back whole: nothing of it was written
                 continue
             except StoreUnavailable:
                 now = time.monotonic()

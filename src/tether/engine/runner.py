@@ -186,7 +186,7 @@ class RunExecution:
                         event.timestamp = now_ms()
                     if events.is_terminal(event.type):
                         self._finish(stream)
-                    journal.event(run.thread_id, run.id, event.type, events.encode(event))
+                    journal.event(run.thread_id, run.id, events.type_name(event), events.encode(event))
                     if event.type == "TEXT_MESSAGE_CONTENT":
                         crash_point("text_delta")
                     if journal.congested:
@@ -536,7 +536,7 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
         custom(RUN_CANCELLED, {"reason": reason}),
         RunFinishedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
     ):
-        journal.event(run.thread_id, run.id, event.type, events.encode(event))
+        journal.event(run.thread_id, run.id, events.type_name(event), events.encode(event))
     journal.run_status(run, "cancelled", error=reason)
     await journal.commit()
 

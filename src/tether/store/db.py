@@ -71,6 +71,10 @@ class StoreUnavailable(Unavailable):
     """The database cannot be reached right now (503); the operation may succeed if tried again."""
 
 
+class StoreConflict(StoreUnavailable):
+    """The database rolled the transaction back to break a deadlock: trying it again is safe."""
+
+
 class Database(Protocol):
     dialect: Dialect
     url: str

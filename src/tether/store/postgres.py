@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from tether.store.db import Dialect, Execute, InsertMany, Query, Script, Statement, StoreUnavailable
+from tether.store.db import Dialect, Execute, InsertMany, Query, Script, Statement, StoreConflict, StoreUnavailable
 from tether.store.migrations import MIGRATIONS
 from tether.store.sql import SQLStore
 
@@ -157,6 +157,8 @@ class PostgresDatabase:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 return await _run(conn, script)
+        except (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError) as exc:
+            raise StoreConflict(f"PostgreSQL rolled a transaction back: {exc}") from exc
         except CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"PostgreSQL at {self.url} is unreachable: {exc}") from exc
 
