@@ -63,6 +63,8 @@ class Server:
                 "warning",
                 "--request-limit",
                 "1000",
+                "--max-runs",
+                "2000",  # every run executes at once: capacity is measured, not the queue
             ],
             stdout=subprocess.PIPE,
             text=True,

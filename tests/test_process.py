@@ -273,6 +273,10 @@ async def test_engine_settings_that_cannot_work_are_refused_with_the_fix(tmp_pat
         (("--database", "mysql://x"), "--database must be postgresql://"),
         (("--lease", "0.5"), "--lease must be at least 1 second"),
         (("--max-runs", "-1"), "--max-runs must be 0 or more"),
+        (
+            ("--database", "postgresql://127.0.0.1:1/x", "--redis", "redis://127.0.0.1:1"),
+            "cannot connect to PostgreSQL",
+        ),
     ]
     results = await asyncio.gather(*[cli(*base, *args) for args, _ in cases])
     for (args, message), (code, out, err) in zip(cases, results, strict=True):

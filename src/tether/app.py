@@ -83,6 +83,19 @@ def open_store(settings: Settings) -> Store:
     return store
 
 
+async def check_services(settings: Settings) -> None:
+    """Connect to PostgreSQL (migrating its schema) and Redis once, before serving, so that a server
+    that cannot reach them says so plainly and exits, rather than failing in its lifespan."""
+    if settings.uses_postgres:
+        store = open_store(settings)
+        await store.open()
+        await store.close()
+    if settings.redis is not None:
+        bus = open_bus(replace(settings, worker_id=f"{settings.worker_id or 'tether'}-check"))
+        await bus.start()
+        await bus.close()
+
+
 def open_bus(settings: Settings) -> Bus:
     if settings.redis is None:
         return MemoryBus()

@@ -223,13 +223,16 @@ def serve_command(args: argparse.Namespace) -> int:
 
         return supervise(args.argv, settings.host, settings.port, settings.workers)
     from tether.agents import AgentLoadError  # imported late: refusing a bad host needs none of it
-    from tether.app import ConfigError, create_app
+    from tether.app import ConfigError, check_services, create_app
+    from tether.bus.redis import RedisUnavailable
+    from tether.store.db import StoreUnavailable
     from tether.store.sqlite import DataDirInUse
 
     configure_logging(settings.log_level)
     try:
         app = create_app(settings)
-    except (AgentLoadError, DataDirInUse, ConfigError) as exc:
+        asyncio.run(check_services(settings))
+    except (AgentLoadError, DataDirInUse, ConfigError, StoreUnavailable, RedisUnavailable) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2
     agent_name = settings.agent or "the offline demo agent"

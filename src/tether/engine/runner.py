@@ -86,7 +86,6 @@ class RunExecution:
         store: Store,
         *,
         model: str | None,
-        allowed_tools: set[str],
         mode: Literal["start", "resume", "recover"] = "start",
         checkpoints: bool = True,
         request_limit: int | None = None,
@@ -97,7 +96,8 @@ class RunExecution:
         self._journal = journal
         self._store = store
         self._model = run.model or model
-        self._allowed_tools = allowed_tools
+        self._allowed_tools: set[str] = set()
+        """Tools the user chose to always allow in this thread (read when the execution starts)."""
         self._mode = mode
         self._counts_as_recovery = counts_as_recovery
         self._checkpoints = checkpoints
@@ -221,6 +221,9 @@ class RunExecution:
         MESSAGES_SNAPSHOT of that history first (a retry's rewind, or a recovery after a crash).
         """
         run, journal = self.run, self._journal
+        await journal.open_thread(run.thread_id)
+        thread = await self._store.get_thread(run.thread_id)
+        self._allowed_tools = set(thread.allowed_tools) if thread is not None else set()
         latest = await self._store.latest_checkpoint(run.thread_id)
         self._checkpointed = latest.messages if latest is not None else []
         if self._mode == "resume":

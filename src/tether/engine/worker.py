@@ -204,21 +204,21 @@ class Worker:
         lease = Lease(run.id, self.id, run.lease_epoch)
         self._journal.hold(lease)
         self._journal.forget_thread(run.thread_id)  # the last writer may have been another worker
-        await self._journal.open_thread(run.thread_id)
         if claim.mode == "takeover":
             log.info("run %s: taken over (worker %s stopped renewing its lease)", run.id, claim.previous_worker or "?")
         if claim.mode == "takeover" and run.recoveries >= settings.max_recoveries:
+            await self._journal.open_thread(run.thread_id)
             await self._fail_unrecoverable(run)
             self._journal.release(run.id)
             return
-        thread = await self._store.get_thread(run.thread_id)
+        # Nothing is awaited from the claim to here: a claimed run is among the leases renewed at once,
+        # however many runs one claim took (its execution reads what it needs itself).
         runner = RunExecution(
             run,
             self._agent,
             self._journal,
             self._store,
             model=settings.model,
-            allowed_tools=set(thread.allowed_tools) if thread is not None else set(),
             mode="start" if claim.mode == "start" else "resume" if claim.mode == "resume" else "recover",
             checkpoints=settings.checkpoints,
             request_limit=settings.request_limit,
