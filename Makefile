@@ -44,6 +44,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/stream.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/workers.py  # needs PostgreSQL and Redis; bench/pg_drivers.py is run alone
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis test-results
