@@ -153,8 +153,9 @@ class Worker:
                 grace,
             )
             for lease in late_runs:
-                self._journal.hold(lease)
-                self._journal.update_run(lease.run_id, worker=None, lease_expires_at=None, released="stopped")
+                if not self._journal.lost(lease.run_id):  # a lost one is another worker's already
+                    self._journal.hold(lease)
+                    self._journal.update_run(lease.run_id, worker=None, lease_expires_at=None, released="stopped")
             try:
                 await self._journal.commit()
             except Exception:
