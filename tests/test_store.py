@@ -226,3 +226,41 @@ async def feed_scenario(settings: Settings, batches: list[int], pages: int) -> N
     finally:
         for store in stores:
             await store.close()
+
+
+@pytest.mark.sqlite_only  # the follower's logic; the bus and the log are the same on both engines
+async def test_a_follower_fills_what_the_bus_lost_and_orders_what_it_mixed(tmp_path: Path):
+    """What Redis may do to live items (drop one, deliver two workers' out of order), done by hand
+    on the in-process bus: the follower reads the log and sends every item once, in order."""
+    from tether.bus import thread_channel
+    from tether.bus.memory import MemoryBus
+    from tether.engine.streams import Follower
+
+    store = SQLiteStore(tmp_path / "tether.db")
+    await store.open()
+    bus = MemoryBus()
+    log = [Event("thr_f", seq, "run_f", "TEXT_MESSAGE_CONTENT", json.dumps({"n": seq})) for seq in range(1, 10)]
+    try:
+        await store.write(WriteBatch(events=log[:3]))
+        follower = Follower(
+            bus=bus,
+            channel=thread_channel("thr_f"),
+            read=lambda after, limit: store.read_events("thr_f", after, limit),
+            after=0,
+            buffer=100,
+            keepalive=30,
+            closing=asyncio.Event(),
+        )
+        batches = follower.batches()
+        assert [e.seq for e in await anext(batches)] == [1, 2, 3]  # the replay
+        await store.write(WriteBatch(events=log[3:9]))
+        bus.publish(thread_channel("thr_f"), [log[3], log[5]])  # 5 was lost on the way
+        assert [e.seq for e in await asyncio.wait_for(anext(batches), 5)] == [4, 5, 6, 7, 8, 9]
+        bus.publish(thread_channel("thr_f"), [log[4], log[8], log[7]])  # late and out of order: all sent already
+        extra = [Event("thr_f", 10, "run_f", "RUN_FINISHED", "{}"), Event("thr_f", 11, "run_f", "RUN_STARTED", "{}")]
+        await store.write(WriteBatch(events=extra))
+        bus.publish(thread_channel("thr_f"), [extra[1], extra[0]])
+        assert [e.seq for e in await asyncio.wait_for(anext(batches), 5)] == [10, 11]
+        await batches.aclose()
+    finally:
+        await store.close()

@@ -137,7 +137,8 @@ class RunExecution:
         return self._cancel_reason is not None
 
     def stop_at_step_boundary(self) -> None:
-        """For a graceful shutdown: stop before the next model request; the run resumes on the next start."""
+        """For a graceful shutdown: stop before the next model request; another worker (or the next
+        start) continues the run from there."""
         self._stopping = True
 
     def steer(self, item: InboxItem) -> None:
@@ -227,7 +228,7 @@ class RunExecution:
         latest = await self._store.latest_checkpoint(run.thread_id)
         self._checkpointed = latest.messages if latest is not None else []
         if self._mode == "resume":
-            self._base_history = self._load(latest)
+            self._base_history = self._load_remembered(latest)
             self._resume = deferred_results(run.decisions or {})
             self._tool_marks = {m.tool_call_id: m for m in await self._store.tool_marks(run.id)}
             journal.run_status(run, "running")
@@ -238,7 +239,7 @@ class RunExecution:
             if latest is not None and latest.run_id == run.id and latest.kind in ("step", "pause"):
                 # The run got as far as a checkpoint: continue from it, with the tool batch that was in
                 # flight (its calls go through _tool_execute, which knows which of them already ran).
-                self._base_history = self._load(latest)
+                self._base_history = self._load_remembered(latest)
                 if latest.kind == "pause":
                     self._resume = deferred_results(run.decisions or {})
                 elif run.inflight_response is not None:
@@ -246,16 +247,16 @@ class RunExecution:
                 return None, True
             # It died before its first model request: start it again from where it started.
             base = await self._store.get_checkpoint(run.base_checkpoint_id) if run.base_checkpoint_id else None
-            self._base_history = self._load(base)
+            self._base_history = self._load_remembered(base)
             return run.input, True
         if run.retry_of is not None:
             base = await self._store.get_checkpoint(run.base_checkpoint_id) if run.base_checkpoint_id else None
-            self._base_history = self._load(base)
+            self._base_history = self._load_remembered(base)
             # The rewind is durable no later than the snapshot that announces it.
             self._checkpoint(self._base_history, "start")
             journal.run_status(run, "running", started_at=time.time())
             return run.input, True
-        self._base_history = self._load(latest)
+        self._base_history = self._load_remembered(latest)
         journal.run_status(run, "running", started_at=time.time(), base_checkpoint_id=latest.id if latest else None)
         return run.input, False
 
@@ -323,7 +324,7 @@ class RunExecution:
         self._journal.checkpoint(checkpoint)
         self._checkpointed = messages
 
-    def _load(self, checkpoint: Checkpoint | None) -> list[ModelMessage]:
+    def _load_remembered(self, checkpoint: Checkpoint | None) -> list[ModelMessage]:
         """A stored history, each message remembered with its stored JSON: the next checkpoint does not
         serialise the history again (for a long thread, most of a run's checkpoint work)."""
         history = _load(checkpoint)

@@ -57,6 +57,10 @@ class Follower:
         self.buffer = buffer
         self._keepalive = keepalive
         self.last_seq = after
+        """The last item sent (what the client resumes from)."""
+        self._seen = after
+        """The last item of the channel seen, sent or not (a run's stream skips other runs' events): a
+        live item beyond the next one is a gap."""
         self.closing = closing
         """Set when the server shuts down: the response ends, telling the client to reconnect."""
         self.cut_off = asyncio.Event()
@@ -83,10 +87,11 @@ class Follower:
                     if subscription.overflowed:
                         self.cut_off.set()
                         return
-                    if not items or items[0].seq > self.last_seq + 1:
-                        # Quiet, woken, or a gap: the log has whatever the bus did not bring.
+                    if not self._continues(items):
+                        # Quiet, woken, a gap, or out of order (two workers' feed notices): the log has
+                        # whatever the bus did not bring.
                         missed = await self._read(self.last_seq, REPLAY_PAGE)
-                        items = [*missed, *items]
+                        items = sorted([*missed, *items], key=_seq)
                     fresh = self._fresh(items)
                     if fresh:
                         self.last_seq = fresh[-1].seq
@@ -106,17 +111,26 @@ class Follower:
         while True:
             page = await self._read(self.last_seq, REPLAY_PAGE)
             if page:
-                self.last_seq = page[-1].seq
+                self.last_seq = self._seen = page[-1].seq
                 yield page
             if len(page) < REPLAY_PAGE:
                 return
 
+    def _continues(self, items: list[Any]) -> bool:
+        """Whether live items carry on from the last one seen, each the next in order."""
+        expected = self._seen + 1
+        for item in items:
+            if item.seq > expected:
+                return False
+            expected = max(expected, item.seq + 1)
+        return bool(items)
+
     def _fresh(self, items: list[Any]) -> list[Any]:
         """The items not sent yet, once each, in order (what the log and the bus both brought is dropped)."""
-        fresh, last = [], self.last_seq
+        fresh = []
         for item in items:
-            if item.seq > last:
-                last = item.seq
+            if item.seq > self._seen:
+                self._seen = item.seq
                 if self._keep(item):
                     fresh.append(item)
         return fresh
@@ -128,3 +142,7 @@ class Follower:
 
     def _ended(self, batch: list[Any]) -> bool:
         return any(self._ends(item) for item in batch)
+
+
+def _seq(item: Any) -> int:
+    return item.seq
