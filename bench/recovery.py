@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from tether.agents import load_agent
+from tether.agents import load_agents
 from tether.bus.memory import MemoryBus
 from tether.config import Settings
 from tether.engine import Engine
@@ -159,7 +159,7 @@ async def checkpoint_cost(repeats: int, steps: int) -> dict[str, float]:
             settings = Settings(data_dir=Path(tmp) / f"d{i}", checkpoints=on, request_limit=steps + 10)
             settings.data_dir.mkdir(parents=True)
             engine = Engine(
-                SQLiteStore(settings.database_path), MemoryBus(), load_agent(None, settings.data_dir), settings
+                SQLiteStore(settings.database_path), MemoryBus(), load_agents((), settings.data_dir), settings
             )
             await engine.start()
             thread = await engine.create_thread()

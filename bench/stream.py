@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from pydantic_ai import Agent
 
-from tether.agents import load_agent
+from tether.agents.demo import build_demo_agent
 from tether.engine import collector
 
 GAP_LIMIT = 0.250
@@ -285,7 +285,7 @@ async def main(args: argparse.Namespace) -> None:
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(f"# streaming benchmark, {time.strftime('%Y-%m-%d %H:%M')}, Python {sys.version.split()[0]}, {loop} loop")
     with tempfile.TemporaryDirectory() as tmp:
-        agent = load_agent(None, Path(tmp))
+        agent = build_demo_agent(Path(tmp))
         if args.gc == "tuned":
             collector.settle_after_start_up()
         print(f"# this process's garbage collector: {args.gc}, thresholds {gc.get_threshold()}")

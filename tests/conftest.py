@@ -141,19 +141,15 @@ async def with_store(settings: Settings, use: Callable[[Store], Awaitable[T]]) -
 class ServerThread:
     """uvicorn serving a Tether app on its own event loop, in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: Any = None) -> None:
+        """Serves `create_app(settings)`, or `app` (an app that mounts Tether) if given."""
         self.settings = settings
         self.url = ""
+        self.app = app if app is not None else create_app(self.settings)
         self._server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(self.settings),
-                host="127.0.0.1",
-                port=0,
-                log_level="warning",
-                timeout_graceful_shutdown=1,
-            )
+            uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1)
         )
-        self.engine = self._server.config.app.state.engine
+        self.engine = getattr(self.app.state, "engine", None)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._server.serve(),), daemon=True)
 

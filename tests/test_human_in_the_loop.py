@@ -300,7 +300,7 @@ async def test_bad_input_on_the_human_in_the_loop_endpoints(server):
 
 
 async def test_partial_decisions_are_kept_until_all_are_decided(start_server):
-    server = start_server(agent="tests.agents:two_approvals")
+    server = start_server(agents=("tests.agents:two_approvals",))
     async with TetherClient(server.url) as client:
         thread = await client.create_thread()
         run = await client.send(thread["id"], "clean up")

@@ -389,7 +389,8 @@ async def test_threads_and_runs_commands(tether_process):
     code, out, err = threads
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["THREAD", "TITLE", "UPDATED"]
+    assert lines[0].split() == ["THREAD", "TITLE", "AGENT", "UPDATED"]
+    assert all(" demo " in line for line in lines[1:])
     assert {line.split()[0] for line in lines[1:]} == {first, second}
     assert "first thread" in out and "second thread" in out
 
@@ -430,6 +431,8 @@ def _sample(action: argparse.Action) -> tuple[str, Any]:
         return "2.5", 2.5
     if action.type is Path:
         return "/tmp/somewhere", Path("/tmp/somewhere")
+    if action.dest == "agent":  # repeatable: comma-separated in the environment
+        return "a=m:x, b=m:y", ["a=m:x", "b=m:y"]
     return "from-env", "from-env"
 
 

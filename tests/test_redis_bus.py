@@ -96,7 +96,7 @@ def test_wire_format_round_trip() -> None:
     assert payload.split("\n")[0] == "w1"
     assert decode(thread_channel("thr_1"), payload.encode()) == events
 
-    feed = [FeedItem(7, "thr_1", "run_1", '{"type":"run.started"}'), FeedItem(8, "thr_2", None, tricky)]
+    feed = [FeedItem(7, "thr_1", "run_1", '{"type":"run.started"}', "alice"), FeedItem(8, "thr_2", None, tricky, "b ☃")]
     assert decode(FEED_CHANNEL, encode("w1", FEED_CHANNEL, feed).encode()) == feed
 
     with pytest.raises(ValueError):
@@ -137,9 +137,13 @@ async def test_feed_and_control_cross_workers_and_stay_within_their_prefix(buses
     other.on_control(to_other.append)
 
     items = [
-        FeedItem(1, "thr_1", "run_1", '{"type":"run.started","threadId":"thr_1","runId":"run_1"}'),
+        FeedItem(1, "thr_1", "run_1", '{"type":"run.started","threadId":"thr_1","runId":"run_1"}', "default"),
         FeedItem(
-            2, "thr_2", None, json.dumps({"type": "thread.created", "title": "naïve ☃ \u2028"}, ensure_ascii=False)
+            2,
+            "thr_2",
+            None,
+            json.dumps({"type": "thread.created", "title": "naïve ☃ \u2028"}, ensure_ascii=False),
+            "default",
         ),
     ]
     a.publish(FEED_CHANNEL, items)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tether.app import open_store
 from tether.config import Settings
 from tether.events import Event
-from tether.store import Checkpoint, FeedNotice, Lease, LeaseLost, Run, Store, Thread, WriteBatch
+from tether.store import DEFAULT_USER, Checkpoint, FeedNotice, Lease, LeaseLost, Run, Store, Thread, WriteBatch
 from tether.store.migrations import MIGRATIONS
 from tether.store.sqlite import SQLiteStore
 
@@ -175,6 +175,11 @@ async def test_a_version_3_database_is_migrated_with_its_checkpoints_as_deltas(t
         assert await store.last_feed_seq() == 2
         (claim,) = await store.claim_runs("w", 10, 10)  # left running by a dead process: recovered
         assert claim.run.id == "r2" and claim.mode == "takeover"
+        # Made before users and agents existed: the thread and its feed belong to the user "default",
+        # and the thread is answered by the server's first agent (no name stored).
+        (thread,) = await store.list_threads(DEFAULT_USER, 10)
+        assert (thread.id, thread.user_id, thread.agent) == ("t", "default", None)
+        assert {item.user_id for item in await store.read_feed(0, 10)} == {"default"}
     finally:
         await store.close()
     with sqlite3.connect(path) as db:

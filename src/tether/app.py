@@ -1,16 +1,26 @@
-"""The ASGI app factory: wires settings, store, bus, engine and routes together."""
+"""The ASGI app factory: wires settings, agents, auth, store, bus, engine and routes together."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from fastapi import FastAPI
 
 from tether import __version__
-from tether.agents import check_model, load_agent
-from tether.api.errors import BearerAuthMiddleware, BodyLimitMiddleware, install_error_handlers
+from tether.agents import AgentLike, Agents, check_model, load_agents
+from tether.api.auth import (
+    Auth,
+    AuthFunction,
+    AuthMiddleware,
+    custom_auth,
+    load_auth_function,
+    no_auth,
+    token_auth,
+    users_auth,
+)
+from tether.api.errors import BodyLimitMiddleware, install_error_handlers
 from tether.api.routes import health_router, router
 from tether.api.ui import mount_ui
 from tether.bus import Bus
@@ -24,23 +34,35 @@ class ConfigError(ValueError):
     """Settings that cannot work together; the message says how to fix them."""
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """A Tether app; the store opens and runs resume when the app's lifespan starts."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    agents: AgentLike | Mapping[str, AgentLike] | None = None,
+    auth: AuthFunction | None = None,
+) -> FastAPI:
+    """A Tether app (ASGI), to serve or to mount inside your own app.
+
+    `agents`: an Agent or ServedAgent, or a mapping name → one of them (the first is the default);
+    None loads `settings.agents` (the demo agent if that is empty). `auth`: a function given the
+    request, returning the caller's user id or None (401); None uses `settings.token`,
+    `settings.users_file` or `settings.auth`. The store opens and runs resume when the app's lifespan
+    starts; mounted inside another app (whose lifespan a mounted app does not get), enter
+    `running(app)` in the host's lifespan.
+    """
+    settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.worker_id is None:
         settings = replace(settings, worker_id=new_worker_id())
-    agent = load_agent(settings.agent, settings.data_dir)
+    served = load_agents(settings.agents, settings.data_dir) if agents is None else Agents.of(agents)
     if settings.model is not None:
         check_model(settings.model)
-    engine = Engine(open_store(settings), open_bus(settings), agent, settings)
+    caller_auth = custom_auth(auth) if auth is not None else auth_of(settings)
+    engine = Engine(open_store(settings), open_bus(settings), served, settings, named_users=caller_auth.names_users)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await engine.start()
-        try:
+        async with running(app):
             yield
-        finally:
-            await engine.stop()
 
     app = FastAPI(
         title="Tether",
@@ -50,13 +72,44 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.auth = caller_auth
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)
     mount_ui(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BearerAuthMiddleware, token=settings.token)
+    app.add_middleware(AuthMiddleware, auth=caller_auth)
     return app
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[None]:
+    """The Tether app's engine, started (store opened, agents' lifespans entered, runs resumed) and, on
+    exit, stopped (runs handed over or checkpointed). A served app does this in its own lifespan."""
+    engine: Engine = app.state.engine
+    await engine.start()
+    try:
+        yield
+    finally:
+        await engine.stop()
+
+
+def auth_of(settings: Settings) -> Auth:
+    """How callers are authenticated: at most one of --token, --users and --auth."""
+    given = [
+        flag
+        for flag, value in (("--token", settings.token), ("--users", settings.users_file), ("--auth", settings.auth))
+        if value
+    ]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} cannot be used together: choose one way to authenticate")
+    if settings.token:
+        return token_auth(settings.token)
+    if settings.users_file is not None:
+        return users_auth(settings.users_file)
+    if settings.auth:
+        return custom_auth(load_auth_function(settings.auth))
+    return no_auth()
 
 
 def open_store(settings: Settings) -> Store:

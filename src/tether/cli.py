@@ -39,7 +39,10 @@ EPILOG = """\
 Every flag can also be set with an environment variable, named in brackets.
 Examples:
   tether serve                                  the offline demo agent on http://127.0.0.1:8765
-  tether serve --agent myapp.agents:support     your own pydantic-ai Agent
+  tether serve --agent myapp.agents:support     your own pydantic-ai Agent (or tether.ServedAgent)
+  tether serve --agent support=myapp.agents:support --agent sales=myapp.agents:sales
+                                                several agents; a new thread chooses one
+  tether serve --users users.toml               several users, each with their own token and threads
   tether serve --model openai:gpt-4.1           any pydantic-ai model (the provider's key in the env)
   tether serve --database postgresql://db/tether --redis redis://cache:6379
                                                 one of several workers sharing PostgreSQL and Redis
@@ -114,9 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     option("--workers", int, 1, "worker processes on this port (more than 1 needs --database postgresql://…)")
     serve.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a --workers child
-    option("--agent", str, None, "your pydantic-ai Agent as module:attribute; default: the offline demo agent")
+    serve.add_argument(
+        "--agent",
+        action=_Repeated,
+        default=_split(os.environ.get("TETHER_AGENT", "")),
+        metavar="[NAME=]MODULE:ATTR",
+        help="a pydantic-ai Agent or tether.ServedAgent to serve, named NAME (default: the attribute's name); "
+        "repeat for several agents, the first is the default; without any: the offline demo agent "
+        "(in the environment: comma-separated) [TETHER_AGENT]",
+    )
     option("--model", str, None, "a pydantic-ai model string used for every run, e.g. openai:gpt-4.1")
-    option("--token", str, None, "require 'Authorization: Bearer TOKEN' on every /v1 route")
+    option("--token", str, None, "require 'Authorization: Bearer TOKEN' on every /v1 route (one user)")
+    option(
+        "--users",
+        Path,
+        None,
+        "a TOML file of [[users]] with id and token (or token_sha256): each user sees only their own threads",
+    )
+    option(
+        "--auth", str, None, "your own authentication: module:function, given the request, returns a user id or None"
+    )
     option("--log-level", str, "info", "log verbosity", choices=["debug", "info", "warning", "error"])
     option("--max-body-bytes", int, DEFAULT_MAX_BODY_BYTES, "larger request bodies get 413")
     option(
@@ -183,9 +203,11 @@ def serve_command(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         host=args.host,
         port=args.port,
-        agent=args.agent,
+        agents=tuple(args.agent),
         model=args.model,
         token=args.token or None,
+        users_file=args.users or None,
+        auth=args.auth or None,
         log_level=args.log_level,
         max_body_bytes=args.max_body_bytes,
         stream_buffer=args.stream_buffer,
@@ -204,10 +226,10 @@ def serve_command(args: argparse.Namespace) -> int:
     if problem:
         print(f"tether: {problem}", file=sys.stderr)
         return 2
-    if not settings.binds_loopback_only and not settings.token:
+    if not settings.binds_loopback_only and not (settings.token or settings.users_file or settings.auth):
         print(
             f"tether: refusing to bind {settings.host} without a token: anyone on the network could "
-            "drive your agent. Set --token (or TETHER_TOKEN), or bind 127.0.0.1.",
+            "drive your agent. Set --token (or TETHER_TOKEN), --users FILE or --auth, or bind 127.0.0.1.",
             file=sys.stderr,
         )
         return 2
@@ -223,6 +245,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
         return supervise(args.argv, settings.host, settings.port, settings.workers)
     from tether.agents import AgentLoadError  # imported late: refusing a bad host needs none of it
+    from tether.api.auth import AuthConfigError
     from tether.app import ConfigError, check_services, create_app
     from tether.bus.redis import RedisUnavailable
     from tether.store.db import StoreUnavailable
@@ -232,14 +255,15 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings)
         asyncio.run(check_services(settings))
-    except (AgentLoadError, DataDirInUse, ConfigError, StoreUnavailable, RedisUnavailable) as exc:
+    except (AgentLoadError, AuthConfigError, DataDirInUse, ConfigError, StoreUnavailable, RedisUnavailable) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2
-    agent_name = settings.agent or "the offline demo agent"
-    model = f", model {settings.model}" if settings.model else ""
     engine = app.state.engine
+    agents = ", ".join(settings.agents) or "the offline demo agent"
+    model = f", model {settings.model}" if settings.model else ""
     print(
-        f"Tether {__version__} serving {agent_name}{model}, data in {engine.store.url}, worker {engine.worker_id}",
+        f"Tether {__version__} serving {agents}{model} ({app.state.auth.kind} auth), data in {engine.store.url}, "
+        f"worker {engine.worker_id}",
         flush=True,
     )
     config = uvicorn.Config(
@@ -254,6 +278,19 @@ def serve_command(args: argparse.Namespace) -> int:
     sockets = [socket.socket(fileno=args.listen_fd)] if args.listen_fd is not None else None
     TetherServer(config, app.state.engine).run(sockets=sockets)
     return 0
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class _Repeated(argparse.Action):
+    """A repeatable flag whose default (from its environment variable) is replaced, not added to, by
+    the first use of the flag."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        given = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*(given if given is not self.default else []), values])
 
 
 def _check_numbers(settings: Settings) -> str | None:
@@ -351,7 +388,8 @@ def threads_command(args: argparse.Namespace) -> int:
         print(json.dumps(body, indent=2))
         return 0
     _table(
-        [[t["id"], t["title"] or "", _when(t["updated_at"])] for t in body["threads"]], ["THREAD", "TITLE", "UPDATED"]
+        [[t["id"], t["title"] or "", t.get("agent", ""), _when(t["updated_at"])] for t in body["threads"]],
+        ["THREAD", "TITLE", "AGENT", "UPDATED"],
     )
     return 0
 

@@ -81,8 +81,20 @@ class TetherClient:
             raise TetherError(response.status_code, error["code"], error["message"])
         return response.json() if response.content else None
 
-    async def create_thread(self, title: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", "/v1/threads", json={"title": title} if title else {})
+    async def create_thread(
+        self, title: str | None = None, *, agent: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A new thread, answered by `agent` (default: the server's first)."""
+        body: dict[str, Any] = {"title": title, "agent": agent, "metadata": metadata}
+        return await self._call("POST", "/v1/threads", json={k: v for k, v in body.items() if v is not None})
+
+    async def agents(self) -> dict[str, Any]:
+        """The server's agents: {"agents": [{name, description, model, tools}], "default": name}."""
+        return await self._call("GET", "/v1/agents")
+
+    async def me(self) -> dict[str, Any]:
+        """Who this client is to the server: {"user", "auth"}."""
+        return await self._call("GET", "/v1/me")
 
     async def get_thread(self, thread_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/v1/threads/{thread_id}")

@@ -28,11 +28,16 @@ class Settings:
     data_dir: Path = Path(".tether")
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    agent: str | None = None
-    """`module:attribute` of a pydantic-ai Agent; None serves the offline demo agent."""
+    agents: tuple[str, ...] = ()
+    """`NAME=module:attribute` (or `module:attribute`) of each Agent or ServedAgent; none: the offline demo."""
     model: str | None = None
-    """A pydantic-ai model string that replaces the agent's own model on every run."""
+    """A pydantic-ai model string that replaces the agents' own models on every run."""
     token: str | None = None
+    """One shared bearer token (one user)."""
+    users_file: Path | None = None
+    """A TOML file of `[[users]]` (id, token or token_sha256): each user sees only their own threads."""
+    auth: str | None = None
+    """`module:function` that authenticates a request to a user id (or None: 401)."""
     log_level: str = "info"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     stream_buffer: int = DEFAULT_STREAM_BUFFER

@@ -47,6 +47,8 @@ class FeedItem:
     thread_id: str
     run_id: str | None
     data: str
+    user_id: str
+    """The user whose thread it is about: only their feed shows it."""
 
     def sse(self) -> bytes:
         return f"id: {self.seq}\ndata: {self.data}\n\n".encode()

@@ -111,7 +111,7 @@ async def test_two_tabs_share_runs_and_decisions(server, context):
 
 
 async def test_several_pending_calls_are_decided_one_by_one(start_server, context):
-    server = start_server(agent="tests.agents:two_approvals")
+    server = start_server(agents=("tests.agents:two_approvals",))
     chat = await new_chat(context, server.url)
     thread_id = chat.thread_id
     other = await ChatPage(await context.new_page(), server.url).open(thread_id)

@@ -1,28 +1,193 @@
-"""Which agent Tether serves: the user's own (`module:attribute`) or the offline demo."""
+"""The agents a server serves: each a pydantic-ai Agent with a name, and how to make its deps.
+
+`--agent NAME=module:attribute` (repeatable) names a `pydantic_ai.Agent` or a
+`ServedAgent`; without any, the server serves the offline demo agent. A thread
+is bound to one agent when it is created (the first one by default).
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 import sys
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic_ai import Agent
+from pydantic_ai.models import Model
+from pydantic_ai.toolsets import FunctionToolset
 
 from tether.agents.demo import build_demo_agent
+from tether.errors import BadRequest
+
+DEMO = "demo"
+"""The name of the offline demo agent, served when no --agent is given."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class AgentLoadError(RuntimeError):
     pass
 
 
-def load_agent(spec: str | None, data_dir: Path) -> Agent[Any, Any]:
-    """Import `module:attribute` the way uvicorn imports an app; None means the demo agent."""
-    if spec is None:
-        return build_demo_agent(data_dir)
+@dataclass(frozen=True)
+class RunInfo:
+    """What a deps factory is told about the run it makes deps for."""
+
+    thread_id: str
+    run_id: str
+    user: str | None
+    """The id of the thread's user, or None on a server without users."""
+    agent: str
+    """The name the agent is served under."""
+    thread_metadata: dict[str, Any]
+    state: Any = None
+    """What the agent's lifespan yielded (a connection pool, a client): resources made once, shared."""
+    execution: str = "start"
+    """Which execution of the run this is: "start", "resume" (after approval decisions) or "recover"
+    (after a crash, or on another worker). The factory is called for each: deps are never stored."""
+
+
+DepsFactory = Callable[[RunInfo], Any]
+"""Given a RunInfo, returns the run's deps (or an awaitable of them)."""
+
+
+@dataclass(frozen=True)
+class ServedAgent:
+    """A pydantic-ai Agent as Tether serves it.
+
+    `deps` is called for every execution of a run (its start, its resume after approval, its recovery
+    after a crash) and its result is the run's `deps`; if it raises, the run fails with its message.
+    `lifespan`, an async context manager factory, runs while the server runs: what it yields is given
+    to `deps` as `RunInfo.state`. `model` replaces the agent's own model (unless the run or `--model`
+    names one); `description` is shown in `GET /v1/agents` and the UI.
+    """
+
+    agent: Agent[Any, Any]
+    _: KW_ONLY
+    deps: DepsFactory | None = None
+    description: str | None = None
+    model: str | Model | None = None
+    lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+
+
+class DepsError(RuntimeError):
+    """The agent's deps factory raised: the run fails with this message."""
+
+
+class UnknownAgent(BadRequest):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unknown_agent")
+
+
+AgentLike = Agent[Any, Any] | ServedAgent
+
+
+@dataclass
+class Agents:
+    """The agents of one server, by name; the first is the default for new threads."""
+
+    served: dict[str, ServedAgent]
+    _states: dict[str, Any] = field(default_factory=dict)
+    _lifespans: AsyncExitStack | None = None
+
+    @classmethod
+    def of(cls, agents: AgentLike | Mapping[str, AgentLike]) -> Agents:
+        """From objects, as an embedding app passes them: one agent, or a mapping name → agent."""
+        if not isinstance(agents, Mapping):
+            agents = {_default_name(agents): agents}
+        if not agents:
+            raise AgentLoadError("no agents to serve")
+        served = {}
+        for name, agent in agents.items():
+            _check_name(name)
+            served[name] = agent if isinstance(agent, ServedAgent) else _served(agent, name)
+        return cls(served)
+
+    @property
+    def default(self) -> str:
+        return next(iter(self.served))
+
+    def resolve(self, name: str | None) -> str:
+        """The name of the agent a thread asks for (None: the default); UnknownAgent if it is not served."""
+        if name is None:
+            return self.default
+        if name not in self.served:
+            raise UnknownAgent(f"unknown agent {name!r}; this server serves: {', '.join(self.served)}")
+        return name
+
+    async def make_deps(self, info: RunInfo) -> Any:
+        """The deps of one execution, from the agent's factory (None without one)."""
+        factory = self.served[info.agent].deps
+        if factory is None:
+            return None
+        try:
+            deps = factory(info)
+            if inspect.isawaitable(deps):
+                deps = await deps
+        except Exception as exc:
+            raise DepsError(f"agent {info.agent!r} could not make its deps: {type(exc).__name__}: {exc}") from exc
+        return deps
+
+    def state(self, name: str) -> Any:
+        return self._states.get(name)
+
+    async def start(self) -> None:
+        """Enter every agent's lifespan, in order; if one fails, those entered are exited."""
+        stack = AsyncExitStack()
+        async with stack:
+            for name, served in self.served.items():
+                if served.lifespan is not None:
+                    self._states[name] = await stack.enter_async_context(served.lifespan())
+            self._lifespans = stack.pop_all()
+
+    async def stop(self) -> None:
+        """Exit the lifespans, the last entered first."""
+        stack, self._lifespans = self._lifespans, None
+        self._states.clear()
+        if stack is not None:
+            await stack.aclose()
+
+    def describe(self, model_override: str | None) -> list[dict[str, Any]]:
+        """What `GET /v1/agents` shows of each agent."""
+        return [
+            {
+                "name": name,
+                "description": served.description,
+                "model": _model_name(model_override or served.model or served.agent.model),
+                "tools": _tools(served.agent),
+            }
+            for name, served in self.served.items()
+        ]
+
+
+def load_agents(specs: tuple[str, ...], data_dir: Path) -> Agents:
+    """`NAME=module:attribute` or `module:attribute` (named after the attribute) for each --agent;
+    none means the offline demo agent."""
+    if not specs:
+        description = "The offline demo agent: scripted answers, real tools, approvals. No model, no network."
+        return Agents({DEMO: ServedAgent(build_demo_agent(data_dir), description=description)})
+    loaded: dict[str, AgentLike] = {}
+    for spec in specs:
+        name, sep, target = spec.rpartition("=")
+        if not sep:
+            name = target.rpartition(":")[2].rpartition(".")[2]
+        if name in loaded:
+            raise AgentLoadError(f"two agents are named {name!r}; name them: --agent NAME=module:attribute")
+        loaded[name] = _import(target)
+    return Agents.of(loaded)
+
+
+def _import(spec: str) -> AgentLike:
+    """Import `module:attribute` the way uvicorn imports an app."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise AgentLoadError(f"--agent must look like 'package.module:agent', got {spec!r}")
+        raise AgentLoadError(
+            f"--agent must look like 'package.module:agent' or 'NAME=package.module:agent', got {spec!r}"
+        )
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     try:
@@ -35,9 +200,52 @@ def load_agent(spec: str | None, data_dir: Path) -> Agent[Any, Any]:
             target = getattr(target, name)
         except AttributeError:
             raise AgentLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not isinstance(target, Agent):
-        raise AgentLoadError(f"{spec} is a {type(target).__name__}, not a pydantic_ai.Agent")
+    if not isinstance(target, Agent | ServedAgent):
+        raise AgentLoadError(f"{spec} is a {type(target).__name__}, not a pydantic_ai.Agent or a tether.ServedAgent")
     return target
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise AgentLoadError(
+            f"agent name {name!r} must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+
+
+def _default_name(agent: AgentLike) -> str:
+    inner = agent.agent if isinstance(agent, ServedAgent) else agent
+    return inner.name or "agent"
+
+
+def _served(agent: Any, name: str) -> ServedAgent:
+    if not isinstance(agent, Agent):
+        raise AgentLoadError(f"agent {name!r} is a {type(agent).__name__}, not a pydantic_ai.Agent or a ServedAgent")
+    return ServedAgent(agent)
+
+
+def _model_name(model: str | Model | Any) -> str | None:
+    if model is None or isinstance(model, str):
+        return model
+    if isinstance(model, Model):
+        return f"{model.system}:{model.model_name}"
+    return str(model)
+
+
+def _tools(agent: Agent[Any, Any]) -> list[dict[str, Any]]:
+    """The agent's function tools (those of MCP servers and other toolsets are known only per run)."""
+    tools = []
+    for toolset in agent.toolsets:
+        if isinstance(toolset, FunctionToolset):
+            for tool in toolset.tools.values():
+                tools.append(
+                    {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "requires_approval": bool(tool.requires_approval),
+                        "parameters": tool.function_schema.json_schema,
+                    }
+                )
+    return tools
 
 
 def check_model(model: str) -> None:

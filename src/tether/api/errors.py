@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -120,24 +119,3 @@ async def _drain(receive: Receive, limit: int) -> None:
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
         drained += len(message.get("body", b""))
-
-
-class BearerAuthMiddleware:
-    """With a token configured, every /v1 route needs `Authorization: Bearer <token>`."""
-
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self.app = app
-        self.token = token.encode() if token else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is None or scope["type"] != "http" or not scope["path"].startswith("/v1"):
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
-            message = "missing bearer token" if not header else "wrong bearer token"
-            response = error_response(401, "unauthorized", message, headers={"www-authenticate": "Bearer"})
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)

@@ -1,4 +1,4 @@
-"""The v1 HTTP API. Each route validates its input and calls the engine; nothing more."""
+"""The v1 HTTP API. Each route validates its input and calls the engine, as the caller; nothing more."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import time
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from tether import __version__
+from tether.api.auth import caller
 from tether.api.schemas import (
+    AgentList,
     ApprovalsRequest,
     CreateRun,
     CreateThread,
     Engines,
     ErrorOut,
     Health,
+    Me,
     RunAccepted,
     RunList,
     RunOut,
@@ -27,9 +30,9 @@ from tether.api.schemas import (
 from tether.api.sse import EventStreamResponse
 from tether.engine import Engine
 from tether.errors import BadRequest
-from tether.store import Decision
+from tether.store import Decision, Thread
 
-ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 404, 409, 413, 422)}
+ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 404, 409, 413, 422, 503)}
 SSE = {200: {"content": {"text/event-stream": {}}, "description": "Server-sent events; `id:` is the seq."}}
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
@@ -38,6 +41,10 @@ health_router = APIRouter()
 
 def engine(request: Request) -> Engine:
     return request.app.state.engine
+
+
+def thread_out(request: Request, thread: Thread) -> ThreadOut:
+    return ThreadOut.of(thread, engine(request).agents.default)
 
 
 def resume_point(last_event_id: str | None, after: str | None) -> int:
@@ -67,10 +74,25 @@ async def healthz(request: Request) -> Health:
     )
 
 
+@router.get("/me", response_model=Me, tags=["users"])
+async def me(request: Request) -> Me:
+    """Who the caller is, and how this server tells users apart."""
+    kind = request.app.state.auth.kind
+    return Me(user=None if kind == "none" else caller(request), auth=kind)
+
+
+@router.get("/agents", response_model=AgentList, tags=["agents"])
+async def list_agents(request: Request) -> AgentList:
+    """The agents this server serves; a new thread is answered by `default` unless it names another."""
+    eng = engine(request)
+    return AgentList.model_validate({"agents": eng.agents.describe(eng.settings.model), "default": eng.agents.default})
+
+
 @router.post("/threads", status_code=201, response_model=ThreadOut, tags=["threads"])
 async def create_thread(request: Request, body: CreateThread | None = Body(default=None)) -> ThreadOut:
     body = body or CreateThread()
-    return ThreadOut.of(await engine(request).create_thread(body.title, body.metadata))
+    thread = await engine(request).create_thread(caller(request), body.title, body.metadata, body.agent)
+    return thread_out(request, thread)
 
 
 @router.get("/threads", response_model=ThreadList, tags=["threads"])
@@ -79,19 +101,20 @@ async def list_threads(
     limit: int = Query(50, ge=1, le=500),
     before: float | None = Query(None, description="Only threads updated before this time (paging)."),
 ) -> ThreadList:
-    threads = await engine(request).list_threads(limit, before)
-    return ThreadList(threads=[ThreadOut.of(t) for t in threads])
+    """The caller's threads, the most recently active first."""
+    threads = await engine(request).list_threads(caller(request), limit, before)
+    return ThreadList(threads=[thread_out(request, t) for t in threads])
 
 
 @router.get("/threads/{thread_id}", response_model=ThreadDetail, tags=["threads"])
 async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
     eng = engine(request)
-    thread = await eng.get_thread(thread_id)
+    thread = await eng.get_thread(thread_id, caller(request))
     messages, last_seq, messages_seq = await eng.thread_messages(thread_id)
     active = await eng.active_runs(thread_id)
     current = next((r for r in active if r.status != "queued"), active[0] if active else None)
     return ThreadDetail(
-        **ThreadOut.of(thread).model_dump(),
+        **thread_out(request, thread).model_dump(),
         status=current.status if current else "idle",
         active_run=RunOut.of(current) if current else None,
         last_seq=last_seq,
@@ -102,12 +125,12 @@ async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
 
 @router.patch("/threads/{thread_id}", response_model=ThreadOut, tags=["threads"])
 async def update_thread(request: Request, thread_id: str, body: UpdateThread) -> ThreadOut:
-    return ThreadOut.of(await engine(request).rename_thread(thread_id, body.title))
+    return thread_out(request, await engine(request).rename_thread(thread_id, caller(request), body.title))
 
 
 @router.delete("/threads/{thread_id}", status_code=204, tags=["threads"])
 async def delete_thread(request: Request, thread_id: str) -> Response:
-    await engine(request).delete_thread(thread_id)
+    await engine(request).delete_thread(thread_id, caller(request))
     return Response(status_code=204)
 
 
@@ -115,29 +138,29 @@ async def delete_thread(request: Request, thread_id: str) -> Response:
 async def create_run(request: Request, thread_id: str, body: CreateRun) -> RunAccepted:
     """Answer a message in the background. The events follow on the thread's and the run's streams."""
     if body.multitask == "steer":
-        run, delivery = await engine(request).steer(thread_id, body.input)
+        run, delivery = await engine(request).steer(thread_id, caller(request), body.input)
         return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status, delivery=delivery)
-    run = await engine(request).start_run(thread_id, body.input, body.multitask, body.model)
+    run = await engine(request).start_run(thread_id, caller(request), body.input, body.multitask, body.model)
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
 
 
 @router.post("/threads/{thread_id}/steer", status_code=202, response_model=RunAccepted, tags=["runs"])
 async def steer(request: Request, thread_id: str, body: SteerRequest) -> RunAccepted:
     """Give the active run a message at its next step boundary; if the thread is idle, start a run."""
-    run, delivery = await engine(request).steer(thread_id, body.input)
+    run, delivery = await engine(request).steer(thread_id, caller(request), body.input)
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status, delivery=delivery)
 
 
 @router.post("/threads/{thread_id}/retry", status_code=202, response_model=RunAccepted, tags=["runs"])
 async def retry(request: Request, thread_id: str) -> RunAccepted:
     """Re-answer the last user message from the history before it (the old answer stays in the log)."""
-    run = await engine(request).retry(thread_id)
+    run = await engine(request).retry(thread_id, caller(request))
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
 
 
 @router.get("/threads/{thread_id}/runs", response_model=RunList, tags=["runs"])
 async def list_runs(request: Request, thread_id: str) -> RunList:
-    return RunList(runs=[RunOut.of(r) for r in await engine(request).list_runs(thread_id)])
+    return RunList(runs=[RunOut.of(r) for r in await engine(request).list_runs(thread_id, caller(request))])
 
 
 @router.get("/threads/{thread_id}/stream", responses=SSE, tags=["streams"])
@@ -147,25 +170,25 @@ async def stream_thread(
     last_event_id: str | None = Header(None),
     after: str | None = Query(None, description="Resume after this seq (Last-Event-ID wins if both are set)."),
 ) -> EventStreamResponse:
-    follower = await engine(request).follow_thread(thread_id, resume_point(last_event_id, after))
+    follower = await engine(request).follow_thread(thread_id, caller(request), resume_point(last_event_id, after))
     return EventStreamResponse(follower, f"thread {thread_id} stream")
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"])
 async def get_run(request: Request, run_id: str) -> RunOut:
-    return RunOut.of(await engine(request).get_run(run_id))
+    return RunOut.of(await engine(request).get_run(run_id, caller(request)))
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunOut, tags=["runs"])
 async def cancel_run(request: Request, run_id: str) -> RunOut:
-    return RunOut.of(await engine(request).cancel_run(run_id))
+    return RunOut.of(await engine(request).cancel_run(run_id, caller(request)))
 
 
 @router.post("/runs/{run_id}/approvals", status_code=202, response_model=RunOut, tags=["runs"])
 async def decide(request: Request, run_id: str, body: ApprovalsRequest) -> RunOut:
     """Approve or deny pending tool calls; when all are decided, the run resumes in the background."""
     decisions = {call_id: Decision(**d.model_dump()) for call_id, d in body.decisions.items()}
-    return RunOut.of(await engine(request).decide(run_id, decisions))
+    return RunOut.of(await engine(request).decide(run_id, caller(request), decisions))
 
 
 @router.get("/runs/{run_id}/stream", responses=SSE, tags=["streams"])
@@ -175,7 +198,7 @@ async def stream_run(
     last_event_id: str | None = Header(None),
     after: str | None = Query(None),
 ) -> EventStreamResponse:
-    follower = await engine(request).follow_run(run_id, resume_point(last_event_id, after))
+    follower = await engine(request).follow_run(run_id, caller(request), resume_point(last_event_id, after))
     return EventStreamResponse(follower, f"run {run_id} stream")
 
 
@@ -185,13 +208,14 @@ async def stream_feed(
     last_event_id: str | None = Header(None),
     after: str | None = Query(None),
 ) -> EventStreamResponse:
-    """Every thread's run activity. A fresh connection first gets a snapshot of the active runs."""
-    eng = engine(request)
+    """The run activity of every thread of the caller's. A fresh connection first gets a snapshot of
+    their active runs."""
+    eng, user = engine(request), caller(request)
     resuming = last_event_id is not None or after is not None
     if resuming:
-        return EventStreamResponse(await eng.follow_feed(resume_point(last_event_id, after)), "feed")
+        return EventStreamResponse(await eng.follow_feed(user, resume_point(last_event_id, after)), "feed")
     seq = await eng.last_feed_seq()
-    runs = await eng.active_runs_everywhere()
+    runs = await eng.active_runs_of(user)
     snapshot = {
         "type": "snapshot",
         "activeRuns": [
@@ -209,4 +233,4 @@ async def stream_feed(
         "timestamp": int(time.time() * 1000),
     }
     preamble = f"id: {seq}\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n".encode()
-    return EventStreamResponse(await eng.follow_feed(seq), "feed", preamble=preamble)
+    return EventStreamResponse(await eng.follow_feed(user, seq), "feed", preamble=preamble)

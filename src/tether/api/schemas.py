@@ -26,6 +26,7 @@ UserText = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 class CreateThread(Strict):
     title: str | None = Field(default=None, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    agent: str | None = Field(default=None, max_length=64, description="The agent that answers (default: the first).")
 
 
 class UpdateThread(Strict):
@@ -109,10 +110,12 @@ class ThreadOut(BaseModel):
     metadata: dict[str, Any]
     allowed_tools: list[str] = Field(description="Tools always allowed in this thread (no approval asked).")
     last_run_status: RunStatus | None = Field(description="The status of the thread's latest run, if any.")
+    user_id: str = Field(description="The user the thread belongs to (only they see it).")
+    agent: str = Field(description="The name of the agent that answers the thread.")
 
     @classmethod
-    def of(cls, thread: Thread) -> ThreadOut:
-        return cls(**thread.__dict__)
+    def of(cls, thread: Thread, default_agent: str) -> ThreadOut:
+        return cls(**{**thread.__dict__, "agent": thread.agent or default_agent})
 
 
 class ThreadDetail(ThreadOut):
@@ -169,3 +172,27 @@ class Health(BaseModel):
     worker: str = Field(description="This worker's id (the `worker` of the runs it executes).")
     engines: Engines
     runs: int = Field(description="Runs this worker executes now.")
+
+
+class ToolOut(BaseModel):
+    name: str
+    description: str | None
+    requires_approval: bool
+    parameters: dict[str, Any] = Field(description="The JSON schema of the tool's arguments.")
+
+
+class AgentOut(BaseModel):
+    name: str
+    description: str | None
+    model: str | None = Field(description="The model its runs use (unless a run names another).")
+    tools: list[ToolOut]
+
+
+class AgentList(BaseModel):
+    agents: list[AgentOut]
+    default: str = Field(description="The agent of a thread created without one.")
+
+
+class Me(BaseModel):
+    user: str | None = Field(description="The caller's user id; null on a server without users or a token.")
+    auth: Literal["none", "token", "users", "custom"] = Field(description="How this server authenticates callers.")

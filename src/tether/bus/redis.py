@@ -302,6 +302,9 @@ class RedisBus:
                     break
                 except Exception as error:
                     log.debug("worker %s: redis still unreachable: %s", self._worker_id, _reason(error))
+            # Idle publishing connections may date from before the outage (a restarted server closed them):
+            # each would cost one dropped message to find out. Drop them now; in-use ones are left alone.
+            await self._client.connection_pool.disconnect(inuse_connections=False)
             self.healthy = True
             log.info("worker %s: redis at %s reachable again; live delivery resumed", self._worker_id, self._where)
             self._memory.wake_all()
@@ -369,7 +372,7 @@ class RedisBus:
 
 # The wire format. A payload is the origin worker's id, then one line per item, its fields separated
 # by tabs: an Event as seq, run_id, type, data (its thread_id is in the channel name); a FeedItem as
-# seq, thread_id, run_id ("" for None), data. `data` is compact JSON text, and JSON escapes every
+# seq, thread_id, run_id ("" for None), user_id, data. `data` is compact JSON text, and JSON escapes every
 # control character inside strings, so it never holds a raw tab or newline; ids and event types
 # are plain words. encode() checks the counts anyway, so a stray tab can never shift a field.
 
@@ -377,11 +380,13 @@ class RedisBus:
 def encode(origin: str, channel: str, items: list[Event] | list[FeedItem]) -> str:
     """The payload for `items` published on `channel` by worker `origin`; ValueError if unframeable."""
     if channel == FEED_CHANNEL:
-        lines = [f"{i.seq}\t{i.thread_id}\t{i.run_id or ''}\t{i.data}" for i in items]
+        lines = [f"{i.seq}\t{i.thread_id}\t{i.run_id or ''}\t{i.user_id}\t{i.data}" for i in items]
+        tabs = 4
     else:
         lines = [f"{e.seq}\t{e.run_id}\t{e.type}\t{e.data}" for e in items]
+        tabs = 3
     payload = origin + "\n" + "\n".join(lines)
-    if payload.count("\n") != len(items) or payload.count("\t") != 3 * len(items):
+    if payload.count("\n") != len(items) or payload.count("\t") != tabs * len(items):
         raise ValueError("a field holds a raw tab or newline")
     return payload
 
@@ -392,8 +397,8 @@ def decode(channel: str, payload: bytes) -> list[Event] | list[FeedItem]:
     if channel == FEED_CHANNEL:
         feed: list[FeedItem] = []
         for line in lines:
-            seq, thread_id, run_id, data = line.split("\t")
-            feed.append(FeedItem(int(seq), thread_id, run_id or None, data))
+            seq, thread_id, run_id, user_id, data = line.split("\t")
+            feed.append(FeedItem(int(seq), thread_id, run_id or None, data, user_id))
         return feed
     thread_id = channel.removeprefix(THREAD_PREFIX)
     events: list[Event] = []

@@ -6,6 +6,9 @@ cancel requested) in the store, whose transactions decide races between
 workers, and wakes a worker; this process's `Worker` executes the runs it
 claims, and any other worker may claim the rest. Every run is an asyncio task
 owned by the worker, awaited (or handed over) before the process exits.
+
+Every method a route calls takes the caller's user id: a thread, and its runs
+and streams, exist only for the user who created it (anyone else gets 404).
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from collections import defaultdict
 from dataclasses import asdict
 from typing import Any, Literal
 
-from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import infer_model
 from pydantic_ai.ui.ag_ui import AGUIAdapter
 
 from tether import events
+from tether.agents import Agents
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.config import Settings, new_worker_id
 from tether.engine import collector
@@ -40,16 +43,20 @@ Multitask = Literal["reject", "enqueue", "steer", "interrupt"]
 
 
 class Engine:
-    def __init__(self, store: Store, bus: Bus, agent: Agent[Any, Any], settings: Settings) -> None:
+    def __init__(
+        self, store: Store, bus: Bus, agents: Agents, settings: Settings, *, named_users: bool = False
+    ) -> None:
         self.store = store
         self.bus = bus
-        self.agent = agent
+        self.agents = agents
         self.settings = settings
         self.worker_id = settings.worker_id or new_worker_id()
         self.journal = Journal(
             store, bus, settings.commit_interval, outage_limit=settings.outage_limit, on_lease_lost=self._lease_lost
         )
-        self.worker = Worker(self.worker_id, store, self.journal, bus, agent, settings, self._after_run)
+        self.worker = Worker(
+            self.worker_id, store, self.journal, bus, agents, settings, self._after_run, named_users=named_users
+        )
         self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         """Serialise one process's requests per thread; across workers the store's transactions decide."""
         self._accepting = False
@@ -63,6 +70,7 @@ class Engine:
         await self.bus.start()
         self.bus.on_control(self._on_control)
         await self.journal.start()
+        await self.agents.start()
         collector.settle_after_start_up()
         self._accepting = True
         await self.worker.start()
@@ -80,6 +88,7 @@ class Engine:
         """Give runs the grace period to reach a step boundary, hand them over, commit, close."""
         self.begin_shutdown()
         await self.worker.stop(self.settings.shutdown_grace)
+        await self.agents.stop()
         await self.journal.stop()
         await self.bus.close()
         await self.store.close()
@@ -105,40 +114,51 @@ class Engine:
 
     # threads
 
-    async def create_thread(self, title: str | None = None, metadata: dict[str, Any] | None = None) -> Thread:
+    async def create_thread(
+        self, user: str, title: str | None = None, metadata: dict[str, Any] | None = None, agent: str | None = None
+    ) -> Thread:
         now = time.time()
-        thread = Thread(id=_new_id("thr"), title=title, created_at=now, updated_at=now, metadata=metadata or {})
+        thread = Thread(
+            id=_new_id("thr"),
+            title=title,
+            created_at=now,
+            updated_at=now,
+            metadata=metadata or {},
+            user_id=user,
+            agent=self.agents.resolve(agent),
+        )
         await self.store.create_thread(thread)
         self.journal.feed(thread.id, None, feed_notice("thread.created", thread.id, title=title))
         await self.journal.commit()
         return thread
 
-    async def get_thread(self, thread_id: str) -> Thread:
+    async def get_thread(self, thread_id: str, user: str) -> Thread:
+        """The caller's thread; NotFound if it does not exist or is another user's (who cannot tell which)."""
         thread = await self.store.get_thread(thread_id)
-        if thread is None:
+        if thread is None or thread.user_id != user:
             raise NotFound(f"thread {thread_id!r} not found")
         return thread
 
-    async def list_threads(self, limit: int, before: float | None = None) -> list[Thread]:
-        return await self.store.list_threads(limit, before)
+    async def list_threads(self, user: str, limit: int, before: float | None = None) -> list[Thread]:
+        return await self.store.list_threads(user, limit, before)
 
-    async def rename_thread(self, thread_id: str, title: str | None) -> Thread:
-        await self.get_thread(thread_id)
+    async def rename_thread(self, thread_id: str, user: str, title: str | None) -> Thread:
+        await self.get_thread(thread_id, user)
         await self.store.update_thread(thread_id, title=title)
         self.journal.feed(thread_id, None, feed_notice("thread.updated", thread_id, title=title))
         await self.journal.commit()
-        return await self.get_thread(thread_id)
+        return await self.get_thread(thread_id, user)
 
-    async def delete_thread(self, thread_id: str) -> None:
+    async def delete_thread(self, thread_id: str, user: str) -> None:
         """Delete a thread, its runs and its log; an active run is cancelled first."""
-        await self.get_thread(thread_id)
+        await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
             for run in await self.active_runs(thread_id):
                 await self._cancel(run, "the thread was deleted")
             await self.journal.commit()
             await self.store.delete_thread(thread_id)
             self.journal.forget_thread(thread_id)
-            self.journal.feed(thread_id, None, feed_notice("thread.deleted", thread_id))
+            self.journal.feed(thread_id, None, feed_notice("thread.deleted", thread_id), user_id=user)
             await self.journal.commit()
 
     async def thread_messages(self, thread_id: str) -> tuple[list[dict[str, Any]], int, int | None]:
@@ -156,7 +176,7 @@ class Engine:
     # runs
 
     async def start_run(
-        self, thread_id: str, user_input: str, multitask: Multitask = "reject", model: str | None = None
+        self, thread_id: str, user: str, user_input: str, multitask: Multitask = "reject", model: str | None = None
     ) -> Run:
         """Queue a run with the user's message; `multitask` says what to do if one is active (invariant 5).
         A worker with room (this one, if it has) claims it at once."""
@@ -164,8 +184,9 @@ class Engine:
         if model is not None:
             _check_model(model)
         if multitask == "steer":
-            run, _ = await self.steer(thread_id, user_input)
+            run, _ = await self.steer(thread_id, user, user_input)
             return run
+        await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
             if multitask == "interrupt":
                 for active in await self.active_runs(thread_id):
@@ -211,14 +232,14 @@ class Engine:
         if not self._accepting:
             raise Unavailable("the server is shutting down; try again in a moment")
 
-    async def steer(self, thread_id: str, user_input: str) -> tuple[Run, str]:
+    async def steer(self, thread_id: str, user: str, user_input: str) -> tuple[Run, str]:
         """Give the active run a message at its next step boundary, or start a run if the thread is idle.
 
         Returns the run that will carry the message and how: "inbox" (the active run's) or "new_run".
         """
         self._check_accepting()
+        await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
-            await self.get_thread(thread_id)
             for _ in range(5):  # the active run may end meanwhile: then look again
                 active = await self.active_runs(thread_id)
                 target = next((r for r in active if r.status != "queued"), active[0] if active else None)
@@ -240,11 +261,11 @@ class Engine:
                 return target, "inbox"
             raise Conflict(f"thread {thread_id!r} is changing too fast to steer; try again", code="thread_busy")
 
-    async def retry(self, thread_id: str) -> Run:
+    async def retry(self, thread_id: str, user: str) -> Run:
         """Re-answer the last user message from the history before it, as a new run."""
         self._check_accepting()
+        await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
-            await self.get_thread(thread_id)
             runs = await self.store.list_runs(thread_id)
             active = [r for r in runs if r.status in ACTIVE_STATUSES]
             if active:
@@ -264,11 +285,11 @@ class Engine:
         self._wake_workers()
         return run
 
-    async def decide(self, run_id: str, decisions: dict[str, Decision]) -> Run:
+    async def decide(self, run_id: str, user: str, decisions: dict[str, Decision]) -> Run:
         """Record approval decisions; when every pending call is decided, the run resumes (invariant 6)."""
-        run = await self.get_run(run_id)
+        run = await self.get_run(run_id, user)
         async with self._thread_locks[run.thread_id]:
-            run = await self.get_run(run_id)
+            run = await self._get_run(run_id)
             if run.status != "awaiting_approval":
                 raise Conflict(
                     f"run {run_id!r} is not awaiting approval (it is {run.status})", code="not_awaiting_approval"
@@ -287,7 +308,7 @@ class Engine:
                 raise Conflict(f"run {run_id!r} was decided by someone else meanwhile", code="already_decided")
             remembered = {pending[i].tool_name for i, d in decisions.items() if d.approved and d.remember}
             if remembered:
-                thread = await self.get_thread(run.thread_id)
+                thread = await self.get_thread(run.thread_id, user)
                 await self.store.allow_tools(run.thread_id, sorted(set(thread.allowed_tools) | remembered))
             self.journal.feed(
                 run.thread_id,
@@ -295,35 +316,45 @@ class Engine:
                 feed_notice("run.decided", run.thread_id, run_id, decided=sorted(decisions), complete=complete),
             )
             await self.journal.commit()
-            run = await self.get_run(run_id)
+            run = await self._get_run(run_id)
         if complete:
             self._wake_workers()
         return run
 
-    async def get_run(self, run_id: str) -> Run:
+    async def get_run(self, run_id: str, user: str) -> Run:
+        """A run of one of the caller's threads; NotFound otherwise."""
+        run = await self.store.get_run(run_id)
+        if run is not None:
+            thread = await self.store.get_thread(run.thread_id)
+            if thread is not None and thread.user_id == user:
+                return run
+        raise NotFound(f"run {run_id!r} not found")
+
+    async def _get_run(self, run_id: str) -> Run:
         run = await self.store.get_run(run_id)
         if run is None:
             raise NotFound(f"run {run_id!r} not found")
         return run
 
-    async def list_runs(self, thread_id: str) -> list[Run]:
-        await self.get_thread(thread_id)
+    async def list_runs(self, thread_id: str, user: str) -> list[Run]:
+        await self.get_thread(thread_id, user)
         return await self.store.list_runs(thread_id)
 
     async def active_runs(self, thread_id: str) -> list[Run]:
         return [r for r in await self.store.list_runs(thread_id) if r.status in ACTIVE_STATUSES]
 
-    async def active_runs_everywhere(self) -> list[Run]:
-        return await self.store.runs_with_status(ACTIVE_STATUSES)
+    async def active_runs_of(self, user: str) -> list[Run]:
+        """The active runs of every thread of the user's."""
+        return await self.store.runs_with_status(ACTIVE_STATUSES, user)
 
-    async def cancel_run(self, run_id: str) -> Run:
-        run = await self.get_run(run_id)
+    async def cancel_run(self, run_id: str, user: str) -> Run:
+        run = await self.get_run(run_id, user)
         async with self._thread_locks[run.thread_id]:
-            run = await self.get_run(run_id)
+            run = await self._get_run(run_id)
             if run.status in TERMINAL_STATUSES:
                 raise Conflict(f"run {run_id!r} has already ended ({run.status})", code="run_ended")
             await self._cancel(run, "cancelled by request")
-        return await self.get_run(run_id)
+        return await self._get_run(run_id)
 
     async def _cancel(self, run: Run, reason: str, *, discard_partial: bool = False) -> None:
         """Cancel a run wherever it is, and wait (up to a lease and a little) until it has ended."""
@@ -371,8 +402,8 @@ class Engine:
 
     # streams
 
-    async def follow_thread(self, thread_id: str, after: int) -> Follower:
-        await self.get_thread(thread_id)
+    async def follow_thread(self, thread_id: str, user: str, after: int) -> Follower:
+        await self.get_thread(thread_id, user)
         await self._check_after(after, await self.store.last_seq(thread_id))
         return Follower(
             bus=self.bus,
@@ -385,8 +416,8 @@ class Engine:
             closing=self.closing,
         )
 
-    async def follow_run(self, run_id: str, after: int) -> Follower:
-        run = await self.get_run(run_id)
+    async def follow_run(self, run_id: str, user: str, after: int) -> Follower:
+        run = await self.get_run(run_id, user)
         await self._check_after(after, await self.store.last_seq(run.thread_id))
         return Follower(
             bus=self.bus,
@@ -401,7 +432,8 @@ class Engine:
             ends=lambda event: event.run_id == run_id and _ends_run(event),
         )
 
-    async def follow_feed(self, after: int) -> Follower:
+    async def follow_feed(self, user: str, after: int) -> Follower:
+        """The feed of the user's threads (its seq is every user's: ids skip other users' items)."""
         await self._check_after(after, await self.store.last_feed_seq())
         return Follower(
             bus=self.bus,
@@ -411,6 +443,7 @@ class Engine:
             buffer=self.settings.stream_buffer,
             keepalive=self.settings.keepalive_seconds,
             closing=self.closing,
+            keep=lambda item: item.user_id == user,
         )
 
     async def last_feed_seq(self) -> int:

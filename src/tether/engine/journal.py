@@ -143,8 +143,9 @@ class Journal:
         self._wake()
         return event
 
-    def feed(self, thread_id: str, run_id: str | None, data: str) -> None:
-        self._pending.feed.append(FeedNotice(thread_id, run_id, data))
+    def feed(self, thread_id: str, run_id: str | None, data: str, *, user_id: str | None = None) -> None:
+        """A feed notice, in the feed of the thread's user (or of `user_id`, for a deleted thread)."""
+        self._pending.feed.append(FeedNotice(thread_id, run_id, data, user_id))
         self._wake()
 
     def update_run(self, run_id: str, **fields: Any) -> None:

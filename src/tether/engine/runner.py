@@ -36,6 +36,7 @@ from pydantic_ai.usage import UsageLimits
 from pydantic_core import to_json
 
 from tether import events
+from tether.agents import Agents, RunInfo, ServedAgent
 from tether.engine.agui import (
     APPROVAL_REQUESTED,
     RUN_CANCELLED,
@@ -57,6 +58,7 @@ from tether.store import (
     Run,
     RunStatus,
     Store,
+    Thread,
     ToolMark,
 )
 
@@ -76,23 +78,30 @@ class RunExecution:
     `mode` says where it starts: "start" (a new run), "resume" (after approval decisions), or
     "recover" (a run claimed from another worker: it died or lost its lease, which counts as a
     recovery, or it stopped at a step boundary and handed the run over, which does not).
+
+    The thread's agent answers, with deps made by its factory for this execution. The model is the
+    run's own, else the server's `--model`, else the served agent's, else the agent's.
     """
 
     def __init__(
         self,
         run: Run,
-        agent: Agent[Any, Any],
+        agents: Agents,
         journal: Journal,
         store: Store,
         *,
         model: str | None,
+        named_users: bool = False,
         mode: Literal["start", "resume", "recover"] = "start",
         checkpoints: bool = True,
         request_limit: int | None = None,
         counts_as_recovery: bool = True,
     ) -> None:
         self.run = run
-        self._agent = agent
+        self._agents = agents
+        self._named_users = named_users
+        """Whether the server has users: else the deps factory is told `user=None`."""
+        self._thread: Thread | None = None
         self._journal = journal
         self._store = store
         self._model = run.model or model
@@ -223,7 +232,7 @@ class RunExecution:
         """
         run, journal = self.run, self._journal
         await journal.open_thread(run.thread_id)
-        thread = await self._store.get_thread(run.thread_id)
+        thread = self._thread = await self._store.get_thread(run.thread_id)
         self._allowed_tools = set(thread.allowed_tools) if thread is not None else set()
         latest = await self._store.latest_checkpoint(run.thread_id)
         self._checkpointed = latest.messages if latest is not None else []
@@ -371,14 +380,16 @@ class RunExecution:
         Calls of tools the user chose to always allow in this thread are approved on the spot:
         the run continues in a new agent iteration instead of pausing.
         """
+        served, deps = await self._served_agent()
         deferred = self._resume
         history = self._base_history
         while True:
-            async with self._agent.iter(
+            async with served.agent.iter(
                 prompt,
                 message_history=history,
                 deferred_tool_results=deferred,
-                model=self._model,
+                deps=deps,
+                model=self._model or served.model,
                 usage_limits=self._usage_limits,
                 capabilities=self._capabilities(),
             ) as agent_run:
@@ -413,6 +424,22 @@ class RunExecution:
                 continue
             yield AgentRunResultEvent(result=result)
             return
+
+    async def _served_agent(self) -> tuple[ServedAgent, Any]:
+        """The thread's agent and this execution's deps. Raised here, inside the event stream, an unknown
+        agent or a failing deps factory fails the run like any agent error: stored and shown."""
+        thread, run = self._thread, self.run
+        name = self._agents.resolve(thread.agent if thread is not None else None)
+        info = RunInfo(
+            thread_id=run.thread_id,
+            run_id=run.id,
+            user=thread.user_id if thread is not None and self._named_users else None,
+            agent=name,
+            thread_metadata=thread.metadata if thread is not None else {},
+            state=self._agents.state(name),
+            execution=self._mode,
+        )
+        return self._agents.served[name], await self._agents.make_deps(info)
 
     async def _on_complete(self, result: AgentRunResult[Any]) -> AsyncIterator[BaseEvent]:
         self._final_history = result.all_messages()

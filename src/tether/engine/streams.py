@@ -90,7 +90,7 @@ class Follower:
                     if not self._continues(items):
                         # Quiet, woken, a gap, or out of order (two workers' feed notices): the log has
                         # whatever the bus did not bring.
-                        missed = await self._read(self.last_seq, REPLAY_PAGE)
+                        missed = await self._read(self._seen, REPLAY_PAGE)
                         items = sorted([*missed, *items], key=_seq)
                     fresh = self._fresh(items)
                     if fresh:
@@ -109,10 +109,13 @@ class Follower:
 
     async def _replay(self) -> AsyncIterator[list[Any]]:
         while True:
-            page = await self._read(self.last_seq, REPLAY_PAGE)
+            page = await self._read(self._seen, REPLAY_PAGE)
             if page:
-                self.last_seq = self._seen = page[-1].seq
-                yield page
+                self._seen = page[-1].seq
+                kept = [item for item in page if self._keep(item)]
+                if kept:
+                    self.last_seq = kept[-1].seq
+                    yield kept
             if len(page) < REPLAY_PAGE:
                 return
 

@@ -16,12 +16,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ag_ui.core import RunErrorEvent
-from pydantic_ai import Agent
 
 from tether import events
+from tether.agents import Agents
 from tether.bus import Bus
 from tether.config import Settings
 from tether.engine.journal import Journal
@@ -39,15 +38,18 @@ class Worker:
         store: Store,
         journal: Journal,
         bus: Bus,
-        agent: Agent[Any, Any],
+        agents: Agents,
         settings: Settings,
         after_run: Callable[[Run], Awaitable[None]],
+        *,
+        named_users: bool = False,
     ) -> None:
         self.id = worker_id
         self._store = store
         self._journal = journal
         self._bus = bus
-        self._agent = agent
+        self._agents = agents
+        self._named_users = named_users
         self._settings = settings
         self._after_run = after_run
         """Called once a run's execution has ended (the engine carries late steering over)."""
@@ -216,10 +218,11 @@ class Worker:
         # however many runs one claim took (its execution reads what it needs itself).
         runner = RunExecution(
             run,
-            self._agent,
+            self._agents,
             self._journal,
             self._store,
             model=settings.model,
+            named_users=self._named_users,
             mode="start" if claim.mode == "start" else "resume" if claim.mode == "resume" else "recover",
             checkpoints=settings.checkpoints,
             request_limit=settings.request_limit,

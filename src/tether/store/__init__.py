@@ -17,6 +17,9 @@ from typing import Any, Literal, Protocol
 
 from tether.events import Event, FeedItem
 
+DEFAULT_USER = "default"
+"""The user of a server without users (no auth, or one --token); threads made before users existed are theirs."""
+
 RunStatus = Literal["queued", "running", "awaiting_approval", "completed", "failed", "cancelled"]
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running", "awaiting_approval")
 TERMINAL_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled")
@@ -33,6 +36,10 @@ class Thread:
     """Tools a user chose to "always allow" in this thread: their calls need no approval."""
     last_run_status: RunStatus | None = None
     """The status of the thread's latest run (None before its first), for thread lists."""
+    user_id: str = DEFAULT_USER
+    """The user who created the thread: only they see it."""
+    agent: str | None = None
+    """The name of the agent that answers the thread; None: the server's first agent."""
 
 
 @dataclass
@@ -199,6 +206,8 @@ class FeedNotice:
     thread_id: str
     run_id: str | None
     data: str
+    user_id: str | None = None
+    """Whose feed it is in; None: the thread's user (given only for a thread that is being deleted)."""
 
 
 @dataclass
@@ -233,7 +242,7 @@ class Store(Protocol):
 
     async def create_thread(self, thread: Thread) -> None: ...
     async def get_thread(self, thread_id: str) -> Thread | None: ...
-    async def list_threads(self, limit: int, before: float | None = None) -> list[Thread]: ...
+    async def list_threads(self, user_id: str, limit: int, before: float | None = None) -> list[Thread]: ...
     async def update_thread(self, thread_id: str, *, title: str | None) -> None: ...
     async def allow_tools(self, thread_id: str, tools: list[str]) -> None: ...
     async def delete_thread(self, thread_id: str) -> None: ...
@@ -246,7 +255,10 @@ class Store(Protocol):
 
     async def get_run(self, run_id: str) -> Run | None: ...
     async def list_runs(self, thread_id: str) -> list[Run]: ...
-    async def runs_with_status(self, statuses: tuple[RunStatus, ...]) -> list[Run]: ...
+    async def runs_with_status(self, statuses: tuple[RunStatus, ...], user_id: str | None = None) -> list[Run]:
+        """Runs with one of these statuses, oldest first: every user's, or one user's."""
+        ...
+
     async def decide(self, run_id: str, before: dict[str, Decision], after: dict[str, Decision], resume: bool) -> bool:
         """Record decisions if nobody changed them since `before` (compare-and-set); with `resume`,
         also release the run to be resumed by any worker. False if the run moved on meanwhile."""

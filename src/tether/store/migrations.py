@@ -52,6 +52,13 @@ def _checkpoints_as_deltas() -> Script[None]:
             log.info("migrating checkpoints to deltas: %d of %d", done, len(rows))
 
 
+_USERS_AND_AGENTS = """
+ALTER TABLE threads ADD COLUMN user_id TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE threads ADD COLUMN agent TEXT;
+CREATE INDEX threads_by_user ON threads (user_id, updated_at DESC);
+ALTER TABLE feed ADD COLUMN user_id TEXT NOT NULL DEFAULT 'default';
+"""
+
 MIGRATIONS: list[Migration] = [
     # 1: threads, runs, the per-thread event log, the global feed, checkpoints.
     Migration(
@@ -280,5 +287,13 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE checkpoints ADD COLUMN keep INTEGER NOT NULL DEFAULT 0;
         """,
         data=_checkpoints_as_deltas,
+    ),
+    # 5: users and agents. A thread belongs to the user who created it (threads made before users
+    # existed belong to the user "default", the one user of a server without a users file) and is
+    # answered by one agent (NULL: the server's first agent). Each feed item names the thread's user,
+    # so that a user's feed shows only their own threads.
+    Migration(
+        sqlite=_USERS_AND_AGENTS,
+        postgres=_USERS_AND_AGENTS,
     ),
 ]

@@ -65,7 +65,7 @@ _ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
 _LIVE = "'running', 'awaiting_approval'"
 _THREAD_COLUMNS = (
     "id, title, created_at, updated_at, metadata, allowed_tools, "
-    "(SELECT status FROM runs WHERE runs.thread_id = threads.id ORDER BY ordinal DESC LIMIT 1)"
+    "(SELECT status FROM runs WHERE runs.thread_id = threads.id ORDER BY ordinal DESC LIMIT 1), user_id, agent"
 )
 _EVENT_COLUMNS = ("thread_id", "seq", "run_id", "type", "data")
 
@@ -138,20 +138,29 @@ class SQLStore:
 
     async def create_thread(self, thread: Thread) -> None:
         await self._execute(
-            "INSERT INTO threads (id, title, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
-            (thread.id, thread.title, thread.created_at, thread.updated_at, json.dumps(thread.metadata)),
+            "INSERT INTO threads (id, title, created_at, updated_at, metadata, user_id, agent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                thread.id,
+                thread.title,
+                thread.created_at,
+                thread.updated_at,
+                json.dumps(thread.metadata),
+                thread.user_id,
+                thread.agent,
+            ),
         )
 
     async def get_thread(self, thread_id: str) -> Thread | None:
         row = await self._one(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,))
         return _thread(row) if row else None
 
-    async def list_threads(self, limit: int, before: float | None = None) -> list[Thread]:
-        sql = f"SELECT {_THREAD_COLUMNS} FROM threads"
-        args: tuple[Any, ...] = ()
+    async def list_threads(self, user_id: str, limit: int, before: float | None = None) -> list[Thread]:
+        sql = f"SELECT {_THREAD_COLUMNS} FROM threads WHERE user_id = ?"
+        args: tuple[Any, ...] = (user_id,)
         if before is not None:
-            sql += " WHERE updated_at < ?"
-            args = (before,)
+            sql += " AND updated_at < ?"
+            args = (user_id, before)
         sql += " ORDER BY updated_at DESC LIMIT ?"
         return [_thread(row) for row in await self.db.fetch(sql, (*args, limit))]
 
@@ -205,11 +214,14 @@ class SQLStore:
         )
         return [_run(row) for row in rows]
 
-    async def runs_with_status(self, statuses: tuple[RunStatus, ...]) -> list[Run]:
+    async def runs_with_status(self, statuses: tuple[RunStatus, ...], user_id: str | None = None) -> list[Run]:
         marks = ", ".join("?" for _ in statuses)
-        rows = await self.db.fetch(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) ORDER BY created_at, id", statuses
-        )
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks})"
+        args: tuple[Any, ...] = statuses
+        if user_id is not None:
+            sql += " AND thread_id IN (SELECT id FROM threads WHERE user_id = ?)"
+            args = (*statuses, user_id)
+        rows = await self.db.fetch(sql + " ORDER BY created_at, id", args)
         return [_run(row) for row in rows]
 
     async def decide(self, run_id: str, before: dict[str, Decision], after: dict[str, Decision], resume: bool) -> bool:
@@ -364,7 +376,7 @@ class SQLStore:
 
     async def read_feed(self, after: int, limit: int) -> list[FeedItem]:
         rows = await self.db.fetch(
-            "SELECT seq, thread_id, run_id, data FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            "SELECT seq, thread_id, run_id, data, user_id FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         )
         return [FeedItem(*row) for row in rows]
 
@@ -408,13 +420,25 @@ class SQLStore:
             yield Execute("UPDATE inbox SET applied_at = ? WHERE id = ?", (applied_at, item_id))
         if not batch.feed:
             return []
+        unknown = sorted({n.thread_id for n in batch.feed if n.user_id is None})
+        owners: dict[str, str] = {}
+        if unknown:
+            marks = ", ".join("?" for _ in unknown)
+            rows = yield Query(f"SELECT id, user_id FROM threads WHERE id IN ({marks})", tuple(unknown))
+            owners = dict(rows)
+        # A notice about a thread deleted meanwhile has no reader left: it is dropped.
+        notices = [(n, n.user_id or owners[n.thread_id]) for n in batch.feed if n.user_id or n.thread_id in owners]
+        if not notices:
+            return []
         # Last, so the counter's row lock is held only for the end of the transaction: feed commits take
         # turns on it, which makes feed numbers follow commit order across workers, without gaps.
-        ((head,),) = yield Query("UPDATE feed_head SET seq = seq + ? WHERE id = 1 RETURNING seq", (len(batch.feed),))
-        first = head - len(batch.feed) + 1
-        items = [FeedItem(first + i, n.thread_id, n.run_id, n.data) for i, n in enumerate(batch.feed)]
+        ((head,),) = yield Query("UPDATE feed_head SET seq = seq + ? WHERE id = 1 RETURNING seq", (len(notices),))
+        first = head - len(notices) + 1
+        items = [FeedItem(first + i, n.thread_id, n.run_id, n.data, user) for i, (n, user) in enumerate(notices)]
         yield InsertMany(
-            "feed", ("seq", "thread_id", "run_id", "data"), [(f.seq, f.thread_id, f.run_id, f.data) for f in items]
+            "feed",
+            ("seq", "thread_id", "run_id", "data", "user_id"),
+            [(f.seq, f.thread_id, f.run_id, f.data, f.user_id) for f in items],
         )
         return items
 
@@ -444,8 +468,18 @@ def _checkpoint(rows: list[tuple[Any, ...]]) -> Checkpoint | None:
 
 
 def _thread(row: tuple[Any, ...]) -> Thread:
-    id_, title, created_at, updated_at, metadata, allowed_tools, last_run_status = row
-    return Thread(id_, title, created_at, updated_at, json.loads(metadata), json.loads(allowed_tools), last_run_status)
+    id_, title, created_at, updated_at, metadata, allowed_tools, last_run_status, user_id, agent = row
+    return Thread(
+        id_,
+        title,
+        created_at,
+        updated_at,
+        json.loads(metadata),
+        json.loads(allowed_tools),
+        last_run_status,
+        user_id=user_id,
+        agent=agent,
+    )
 
 
 def _run(row: tuple[Any, ...]) -> Run:
