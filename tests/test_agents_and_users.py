@@ -298,6 +298,33 @@ async def test_no_or_wrong_credentials_get_401_on_every_v1_route(start_server, t
         assert (await http.get("/v1/threads", headers={"Authorization": f"Bearer {BOB}"})).status_code == 200
 
 
+@pytest.mark.parametrize("function", ["by_header", "by_header_async"])
+async def test_custom_auth_decides_who_calls(start_server, function):
+    server = start_server(auth=f"tests.auth:{function}")
+    async with (
+        httpx.AsyncClient(base_url=server.url, headers={"x-user": "ann"}) as ann,
+        httpx.AsyncClient(base_url=server.url, headers={"x-user": "ben"}) as ben,
+        httpx.AsyncClient(base_url=server.url) as nobody,
+    ):
+        thread = (await ann.post("/v1/threads", json={"title": "ann's"})).json()
+        assert thread["user_id"] == "ann"
+        assert (await ann.get("/v1/me")).json() == {"user": "ann", "auth": "custom"}
+        assert_error(await ben.get(f"/v1/threads/{thread['id']}"), 404, "not_found")
+        assert (await ben.get("/v1/threads")).json() == {"threads": []}
+        refused = assert_error(await nobody.get("/v1/threads"), 401, "unauthorized")
+        assert refused["message"] == "not authenticated"
+
+
+@pytest.mark.sqlite_only
+async def test_a_failing_auth_function_is_a_clear_500_and_logged(start_server, caplog):
+    for function, logged in (("broken", "the authentication function raised"), ("not_an_id", "returned 42")):
+        server = start_server(auth=f"tests.auth:{function}")
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            assert_error(await http.get("/v1/threads"), 500, "auth_failed")
+            assert (await http.get("/healthz")).status_code == 200
+        assert any(logged in record.getMessage() for record in caplog.records), function
+
+
 def test_a_users_file_that_cannot_work_is_refused_with_its_reason(tmp_path):
     cases = {
         "": "has no users",

@@ -345,12 +345,34 @@ async def test_serves_the_users_agent(tether_process, tmp_path):
     assert messages[-1]["content"] == "Hello from mymod. You said: ping 42"
 
 
+async def test_bad_agents_or_auth_exit_with_a_clear_message(tmp_path):
+    env = agent_env(tmp_path)
+    users = tmp_path / "users.toml"
+    users.write_text('[[users]]\nid = "a"\ntoken = "short"\n')
+    cases = {
+        ("--agent", "x=mymod:agent", "--agent", "x=mymod:agent"): "two agents are named 'x'",
+        ("--agent", "bad name=mymod:agent"): "agent name 'bad name' must be 1-64 letters",
+        ("--users", str(tmp_path / "none.toml")): "cannot read the users file",
+        ("--users", str(users)): "token must be a string of at least 8 characters",
+        ("--token", "t0ken-t0ken", "--users", str(users)): "--token and --users cannot be used together",
+        ("--auth", "nosuch:fn"): "cannot import 'nosuch' for --auth",
+        ("--auth", "mymod:not_an_agent"): "--auth mymod:not_an_agent is a int, not a function",
+    }
+    done = await asyncio.gather(
+        *(cli("serve", "--port", "0", "--data-dir", str(tmp_path / "d"), *args, env=env) for args in cases)
+    )
+    for (args, message), (code, out, err) in zip(cases.items(), done, strict=True):
+        assert code == 2, (args, out, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err and "ready" not in out, (args, err)
+
+
 async def test_a_bad_agent_exits_with_a_clear_message(tmp_path):
     env = agent_env(tmp_path)
     cases = {
         "nosuch:thing": "cannot import 'nosuch' for --agent",
         "mymod:missing": "module 'mymod' has no attribute 'missing'",
-        "mymod:not_an_agent": "mymod:not_an_agent is a int, not a pydantic_ai.Agent",
+        "mymod:not_an_agent": "mymod:not_an_agent is a int, not a pydantic_ai.Agent or a tether.ServedAgent",
         "mymod": "--agent must look like 'package.module:agent'",
     }
     done = await asyncio.gather(
@@ -433,6 +455,8 @@ def _sample(action: argparse.Action) -> tuple[str, Any]:
         return "/tmp/somewhere", Path("/tmp/somewhere")
     if action.dest == "agent":  # repeatable: comma-separated in the environment
         return "a=m:x, b=m:y", ["a=m:x", "b=m:y"]
+    if action.dest in ("allowed_hosts", "cors_origins"):  # lists: comma-separated
+        return "a.example, b.example", ["a.example", "b.example"]
     return "from-env", "from-env"
 
 

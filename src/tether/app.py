@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from tether import __version__
 from tether.agents import AgentLike, Agents, check_model, load_agents
@@ -20,6 +21,7 @@ from tether.api.auth import (
     token_auth,
     users_auth,
 )
+from tether.api.edge import HostCheckMiddleware, OriginCheckMiddleware, SecurityHeadersMiddleware
 from tether.api.errors import BodyLimitMiddleware, install_error_handlers
 from tether.api.routes import health_router, router
 from tether.api.ui import mount_ui
@@ -77,8 +79,22 @@ def create_app(
     app.include_router(health_router)
     app.include_router(router)
     mount_ui(app)
+    # Outermost last: the Host check first, then the headers every response gets, CORS, the Origin
+    # check, authentication, and the body limit nearest the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, auth=caller_auth)
+    app.add_middleware(OriginCheckMiddleware, allowed_origins=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["authorization", "content-type", "last-event-id"],
+            expose_headers=["www-authenticate", "x-vercel-ai-ui-message-stream"],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(HostCheckMiddleware, bound_host=settings.host, allowed=settings.allowed_hosts)
     return app
 
 

@@ -137,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     option(
         "--auth", str, None, "your own authentication: module:function, given the request, returns a user id or None"
     )
+    option(
+        "--allowed-hosts",
+        _split,
+        "",
+        "more Host names to serve, comma-separated (*.example.com for subdomains; * serves any: dangerous, "
+        "it lets a web page that rebinds its name to this address read the API); the loopback names and "
+        "--host are always served",
+    )
+    option(
+        "--cors-origins",
+        _split,
+        "",
+        "origins of front ends on other sites that may call the API, comma-separated (e.g. "
+        "https://app.example.com); any other page may not change anything",
+    )
     option("--log-level", str, "info", "log verbosity", choices=["debug", "info", "warning", "error"])
     option("--max-body-bytes", int, DEFAULT_MAX_BODY_BYTES, "larger request bodies get 413")
     option(
@@ -208,6 +223,8 @@ def serve_command(args: argparse.Namespace) -> int:
         token=args.token or None,
         users_file=args.users or None,
         auth=args.auth or None,
+        allowed_hosts=tuple(args.allowed_hosts),
+        cors_origins=tuple(args.cors_origins),
         log_level=args.log_level,
         max_body_bytes=args.max_body_bytes,
         stream_buffer=args.stream_buffer,

@@ -38,6 +38,10 @@ class Settings:
     """A TOML file of `[[users]]` (id, token or token_sha256): each user sees only their own threads."""
     auth: str | None = None
     """`module:function` that authenticates a request to a user id (or None: 401)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names served besides the loopback names and the bound address (`*.example.com`; `*`: any)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins of front ends on other sites that may call the API (CORS); others may not change anything."""
     log_level: str = "info"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     stream_buffer: int = DEFAULT_STREAM_BUFFER
@@ -69,6 +73,16 @@ class Settings:
     """This worker's name; None makes one from the host name and the process id."""
     outage_limit: float = DEFAULT_OUTAGE_LIMIT
     """How long a commit waits for an unreachable database before its runs fail."""
+
+    def __post_init__(self) -> None:
+        # Paths may be given as strings (Settings(data_dir="/var/lib/tether")) by an app that embeds Tether.
+        for name in ("data_dir", "users_file"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        for name in ("agents", "allowed_hosts", "cors_origins"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, (getattr(self, name),))
 
     @property
     def database_path(self) -> Path:

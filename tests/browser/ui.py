@@ -61,8 +61,11 @@ class ChatPage:
         return self
 
     async def new_thread(self) -> str:
+        before = await self.page.evaluate("location.hash")
         await self.page.click("#new-thread")
-        await self.page.wait_for_function("location.hash.startsWith('#/t/')")
+        # The new thread's own URL, not the one that was open before.
+        opened = "before => location.hash.startsWith('#/t/') && location.hash !== before"
+        await self.page.wait_for_function(opened, arg=before)
         await expect(self.page.locator("#composer")).to_be_visible()
         return self.thread_id
 

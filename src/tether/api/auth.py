@@ -27,6 +27,7 @@ from typing import Literal
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tether.api.edge import route_path
 from tether.api.errors import error_response
 from tether.store import DEFAULT_USER
 
@@ -182,7 +183,7 @@ class AuthMiddleware:
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _route_path(scope).startswith("/v1"):
+        if scope["type"] != "http" or not route_path(scope).startswith("/v1"):
             await self.app(scope, receive, send)
             return
         try:
@@ -214,9 +215,3 @@ class AuthMiddleware:
 def caller(request: Request) -> str:
     """The id of the user making this request (set by AuthMiddleware)."""
     return request.scope[USER_KEY]
-
-
-def _route_path(scope: Scope) -> str:
-    """The path inside this app, when it is mounted under a prefix of another."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path

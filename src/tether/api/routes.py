@@ -71,6 +71,7 @@ async def healthz(request: Request) -> Health:
         worker=eng.worker_id,
         engines=Engines(store=eng.store.engine, bus=bus, bus_healthy=eng.bus.healthy, database=eng.store.url),
         runs=eng.worker.executing,
+        auth=request.app.state.auth.kind,
     )
 
 

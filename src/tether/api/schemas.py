@@ -172,6 +172,9 @@ class Health(BaseModel):
     worker: str = Field(description="This worker's id (the `worker` of the runs it executes).")
     engines: Engines
     runs: int = Field(description="Runs this worker executes now.")
+    auth: Literal["none", "token", "users", "custom"] = Field(
+        description="How /v1 callers are authenticated (what a sign-in page must ask for)."
+    )
 
 
 class ToolOut(BaseModel):

@@ -1,4 +1,11 @@
-"""The web UI: static files shipped in the package, served at `/` with no build step."""
+"""The web UI: static files shipped in the package, served at the app's root with no build step.
+
+The page asks for everything by URLs relative to itself (`ui/js/app.js`, `v1/threads`), so it works
+wherever the app is: at `/`, or mounted under a prefix inside another app (`/chat/`). Those URLs need
+the page's own URL to end in a slash: a request for the mount point without it (`/chat`) is
+redirected to `/chat/` by the router's `redirect_slashes` (the host's, or this app's when only
+`root_path` says it is mounted); tests/browser/test_mounted_ui.py checks both.
+"""
 
 from __future__ import annotations
 

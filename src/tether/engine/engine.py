@@ -128,7 +128,7 @@ class Engine:
             agent=self.agents.resolve(agent),
         )
         await self.store.create_thread(thread)
-        self.journal.feed(thread.id, None, feed_notice("thread.created", thread.id, title=title))
+        self.journal.feed(thread.id, None, feed_notice("thread.created", thread.id, title=title, agent=thread.agent))
         await self.journal.commit()
         return thread
 

@@ -1,4 +1,7 @@
 // The Tether HTTP API, as the UI uses it: JSON in, JSON out, errors as ApiError.
+//
+// Every URL is relative to the page (`v1/threads`, not `/v1/threads`), so the UI works wherever
+// the app is mounted: at `/`, or under a prefix such as `/chat/` inside another app.
 
 import { ApiError, errorOf } from "./errors.js";
 import { follow } from "./sse.js";
@@ -6,9 +9,11 @@ import { follow } from "./sse.js";
 const TOKEN_KEY = "tether.token";
 
 export class Api {
-  /** @param {() => Promise<void>} askForToken called on 401; resolves once a new token is stored. */
+  /** @param {(reason: string) => Promise<void>} askForToken called on 401; resolves once a new token is stored. */
   constructor(askForToken) {
     this.askForToken = askForToken;
+    // Bumped at each sign-out: a request begun by one user is never answered to, or retried as, the next.
+    this.generation = 0;
   }
 
   get token() {
@@ -20,12 +25,27 @@ export class Api {
     else localStorage.removeItem(TOKEN_KEY);
   }
 
+  static get tokenKey() {
+    return TOKEN_KEY;
+  }
+
+  /** Forget the token; requests still under way end with a "signed_out" ApiError. */
+  signOut() {
+    this.token = null;
+    this.generation += 1;
+  }
+
   headers() {
     return this.token ? { Authorization: `Bearer ${this.token}` } : {};
   }
 
+  #checkGeneration(generation) {
+    if (generation !== this.generation) throw new ApiError(401, "signed_out", "Signed out.");
+  }
+
   /** One request; a 401 asks for the token and tries again. */
   async request(method, path, body = undefined) {
+    const generation = this.generation;
     for (;;) {
       let response;
       try {
@@ -36,10 +56,13 @@ export class Api {
           cache: "no-store",
         });
       } catch {
+        this.#checkGeneration(generation);
         throw new ApiError(0, "network", "The server cannot be reached. Check that Tether is running.");
       }
+      this.#checkGeneration(generation);
       if (response.status === 401) {
         await this.askForToken((await errorOf(response)).message);
+        this.#checkGeneration(generation);
         continue;
       }
       if (!response.ok) throw await errorOf(response);
@@ -47,45 +70,55 @@ export class Api {
     }
   }
 
+  /** Who the caller is: {user, auth} (auth "none" | "token" | "users" | "custom"). */
+  me() {
+    return this.request("GET", "v1/me");
+  }
+  /** The agents the server serves: {agents: [{name, description, model, tools}], default}. */
+  agents() {
+    return this.request("GET", "v1/agents");
+  }
   threads() {
-    return this.request("GET", "/v1/threads?limit=200");
+    return this.request("GET", "v1/threads?limit=200");
   }
   thread(id) {
-    return this.request("GET", `/v1/threads/${id}`);
+    return this.request("GET", `v1/threads/${id}`);
   }
   runs(threadId) {
-    return this.request("GET", `/v1/threads/${threadId}/runs`);
+    return this.request("GET", `v1/threads/${threadId}/runs`);
   }
   run(id) {
-    return this.request("GET", `/v1/runs/${id}`);
+    return this.request("GET", `v1/runs/${id}`);
   }
-  createThread() {
-    return this.request("POST", "/v1/threads", {});
+  /** @param {string|null} agent null: the server's default agent */
+  createThread(agent = null) {
+    return this.request("POST", "v1/threads", agent ? { agent } : {});
   }
   rename(id, title) {
-    return this.request("PATCH", `/v1/threads/${id}`, { title });
+    return this.request("PATCH", `v1/threads/${id}`, { title });
   }
   remove(id) {
-    return this.request("DELETE", `/v1/threads/${id}`);
+    return this.request("DELETE", `v1/threads/${id}`);
   }
   send(threadId, input) {
-    return this.request("POST", `/v1/threads/${threadId}/runs`, { input, multitask: "enqueue" });
+    return this.request("POST", `v1/threads/${threadId}/runs`, { input, multitask: "enqueue" });
   }
   steer(threadId, input) {
-    return this.request("POST", `/v1/threads/${threadId}/steer`, { input });
+    return this.request("POST", `v1/threads/${threadId}/steer`, { input });
   }
   retry(threadId) {
-    return this.request("POST", `/v1/threads/${threadId}/retry`);
+    return this.request("POST", `v1/threads/${threadId}/retry`);
   }
   cancel(runId) {
-    return this.request("POST", `/v1/runs/${runId}/cancel`);
+    return this.request("POST", `v1/runs/${runId}/cancel`);
   }
   decide(runId, toolCallId, decision) {
-    return this.request("POST", `/v1/runs/${runId}/approvals`, { decisions: { [toolCallId]: decision } });
+    return this.request("POST", `v1/runs/${runId}/approvals`, { decisions: { [toolCallId]: decision } });
   }
 
   /** Follow an event stream (see sse.js), asking for the token if the server wants one. */
   async follow(path, options) {
+    const generation = this.generation;
     let after = options.after ?? null;
     const onEvent = (event, seq) => {
       options.onEvent(event, seq);
@@ -96,7 +129,9 @@ export class Api {
         return await follow(path, { ...options, after, onEvent, headers: () => this.headers() });
       } catch (error) {
         if (error.status !== 401) throw error;
+        this.#checkGeneration(generation);
         await this.askForToken(error.message);
+        this.#checkGeneration(generation);
       }
     }
   }

@@ -1,29 +1,35 @@
-// The web UI's controller: it keeps the thread list live from the feed (/v1/events), follows the
+// The web UI's controller: it keeps the thread list live from the feed (v1/events), follows the
 // open thread's stream, and turns clicks into API calls. Folding lives in session.js and fold.js,
-// drawing in view.js.
+// drawing in view.js, the sign-in dialog in signin.js.
 
 import { Api } from "./api.js";
 import { ApiError } from "./errors.js";
 import { ACTIVE, chatBlocks, ThreadSession, threadStatus } from "./session.js";
+import { askForToken, drawAccount, signingIn } from "./signin.js";
 import { sleep } from "./sse.js";
-import { drawApprovals, drawMessages, drawThreadList, statusLabel } from "./view.js";
+import { drawAgentPicker, drawApprovals, drawMessages, drawThreadList, statusLabel } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 
-/** What the UI knows of each thread: {id, title, status, runId, error, stopped, pending}, newest first. */
+/** What the UI knows of each thread: {id, title, agent, status, runId, error, stopped, pending}, newest first. */
 const threads = new Map();
 /** Runs the UI has seen end. */
 const endedRuns = new Set();
 /** Deleted threads: late news of their last run must not bring them back. */
 const deletedThreads = new Set();
 let current = null; // {id, session, abort, placeholder: {messages, until} | null, problem: string | null}
-let tokenPrompt = null;
 let focusInputOnDraw = false; // the composer can take focus only once it is drawn
+let feed = null; // the feed's AbortController: sign-out closes it
+let me = null; // GET v1/me: {user, auth}; null until known (or on a server that cannot say)
+let served = null; // GET v1/agents: {agents, default}; null until known
+let restarting = null; // after a sign-out: the sign-in that starts everything again
 
-const api = new Api(askForToken);
+const api = new Api(onUnauthorized);
 
 function info(threadId) {
-  if (!threads.has(threadId)) threads.set(threadId, { id: threadId, title: null, status: "idle", runId: null, error: null, pending: [] });
+  if (!threads.has(threadId)) {
+    threads.set(threadId, { id: threadId, title: null, agent: null, status: "idle", runId: null, error: null, pending: [] });
+  }
   return threads.get(threadId);
 }
 
@@ -71,13 +77,13 @@ function forgetThread(threadId) {
 
 // ---- the feed: every thread's status, live ------------------------------------------------
 
-async function followFeed() {
+async function followFeed(signal) {
   let after = null;
-  for (;;) {
+  while (!signal.aborted) {
     try {
-      await api.follow("/v1/events", {
+      await api.follow("v1/events", {
         after,
-        signal: new AbortController().signal,
+        signal,
         onEvent: (notice, seq) => {
           if (seq !== null) after = seq;
           onNotice(notice);
@@ -87,10 +93,11 @@ async function followFeed() {
         },
       });
     } catch (error) {
+      if (signal.aborted) return;
       // The feed's position is unknown here (a new database): start again from a snapshot.
       $("feed-state").textContent = error.message;
       after = null;
-      await sleep(2000);
+      await sleep(2000, signal);
     }
   }
 }
@@ -115,7 +122,10 @@ function applyNotice(notice) {
     case "thread.created":
     case "thread.updated":
       info(notice.threadId).title = notice.title ?? null;
-      if (notice.type === "thread.created") toTop(notice.threadId);
+      if (notice.type === "thread.created") {
+        toTop(notice.threadId);
+        learnAgent(notice.threadId, notice.agent);
+      }
       break;
     case "thread.deleted":
       forgetThread(notice.threadId);
@@ -145,6 +155,7 @@ function applyNotice(notice) {
  * notice twice changes nothing).
  */
 async function resync(activeRuns) {
+  const generation = api.generation;
   try {
     const { threads: list } = await api.threads();
     const known = new Map(threads);
@@ -154,6 +165,7 @@ async function resync(activeRuns) {
         ...(known.get(thread.id) || {}),
         id: thread.id,
         title: thread.title,
+        agent: thread.agent ?? null,
         status: threadStatus(thread.last_run_status),
         pending: [],
       });
@@ -163,10 +175,29 @@ async function resync(activeRuns) {
       setRunState(run.threadId, run.runId, run.status, { pending });
     }
   } finally {
-    const held = heldNotices;
-    heldNotices = null;
-    for (const notice of held) applyNotice(notice);
+    // After a sign-out the notices held are the next user's feed's, not this resync's.
+    if (generation === api.generation) {
+      const held = heldNotices;
+      heldNotices = null;
+      for (const notice of held) applyNotice(notice);
+      redraw();
+    }
+  }
+}
+
+/**
+ * A thread created elsewhere: its agent, from the notice or else from the API (only worth
+ * asking when the server has more than one agent to tell apart).
+ */
+async function learnAgent(threadId, agent) {
+  const thread = info(threadId);
+  if (agent) thread.agent = agent;
+  if (thread.agent || !served || served.agents.length < 2) return;
+  try {
+    thread.agent = (await api.thread(threadId)).agent ?? null;
     redraw();
+  } catch {
+    // Deleted meanwhile, or signed out: nothing to name.
   }
 }
 
@@ -191,6 +222,7 @@ async function openThread(threadId) {
   current.loading = false;
   const thread = info(threadId);
   thread.title = detail.title;
+  thread.agent = detail.agent ?? null;
   const run = detail.active_run;
   setRunState(threadId, run?.id ?? null, run ? run.status : detail.last_run_status, { pending: run ? pendingOf(run) : [] });
   if (!run && detail.last_run_status === "failed") loadFailure(threadId);
@@ -237,16 +269,17 @@ async function loadThread(threadId, signal) {
  */
 async function followThread(open, knownSeq, signal) {
   const { session } = open;
+  const generation = api.generation; // signed out meanwhile: nothing of this thread is kept
   let saveTimer = null;
   let keep = true; // whether this tab's record of the thread is worth saving when the follow ends
   const saveSoon = () => {
     saveTimer ??= setTimeout(() => {
       saveTimer = null;
-      session.save();
+      if (generation === api.generation) session.save();
     }, 200);
   };
   try {
-    await api.follow(`/v1/threads/${session.threadId}/stream`, {
+    await api.follow(`v1/threads/${session.threadId}/stream`, {
       after: session.seq,
       signal,
       onEvent: (event, seq) => {
@@ -274,7 +307,7 @@ async function followThread(open, knownSeq, signal) {
     redraw();
   } finally {
     clearTimeout(saveTimer);
-    if (keep && !deletedThreads.has(session.threadId)) session.save();
+    if (keep && generation === api.generation && !deletedThreads.has(session.threadId)) session.save();
   }
 }
 
@@ -341,13 +374,23 @@ function redraw() {
   });
 }
 
+/** The agent to name beside a thread: none while the server serves one agent and the thread has it. */
+function agentLabel(thread) {
+  if (!thread.agent || !served) return "";
+  const onlyOne = served.agents.length === 1 && served.agents[0].name === thread.agent;
+  return onlyOne ? "" : thread.agent;
+}
+
 function draw() {
-  drawThreadList($("thread-list"), [...threads.values()], current?.id ?? null);
+  drawThreadList($("thread-list"), [...threads.values()], current?.id ?? null, agentLabel);
+  drawAgentPicker($("agent-select"), served);
   const open = current && current.session;
   $("empty").hidden = Boolean(current);
   $("messages").hidden = !current;
   $("composer").hidden = !current;
   $("delete-thread").hidden = !current;
+  $("chat-agent").textContent = current ? agentLabel(info(current.id)) : "";
+  $("chat-agent").hidden = !$("chat-agent").textContent;
   if (!current) {
     $("chat-title").textContent = "Tether";
     $("chat-status").textContent = "";
@@ -400,6 +443,7 @@ function showRunError(message, withRetry = false, quiet = false) {
 }
 
 function showError(error) {
+  if (error?.code === "signed_out") return; // what was under way when the user signed out
   const message = error?.message || String(error);
   if (current) $("composer-error").textContent = message;
   else $("feed-state").textContent = message;
@@ -499,22 +543,88 @@ function renameInline() {
   title.addEventListener("blur", onBlur);
 }
 
-function askForToken(reason) {
-  tokenPrompt ??= new Promise((resolve) => {
-    const dialog = $("token-dialog");
-    $("token-reason").textContent = api.token ? `The saved token was refused (${reason}).` : "Enter the token Tether was started with.";
-    $("token-form").addEventListener(
-      "submit",
-      () => {
-        api.token = $("token-input").value.trim();
-        tokenPrompt = null;
-        resolve();
-      },
-      { once: true },
-    );
-    dialog.showModal();
+// ---- signing in and out ---------------------------------------------------------------
+
+function storeToken(token) {
+  api.token = token;
+}
+
+/** A 401: ask for a token. Once signed in, a refused token signs out first: the next token may be someone else's. */
+function onUnauthorized(reason) {
+  if (me) {
+    signOut(reason);
+    return Promise.resolve(); // the refused request ends as signed out; signOut starts afresh
+  }
+  return askForToken({ refused: api.token ? reason : null }, storeToken);
+}
+
+/** Everything that is the signed-in user's: who they are, the agents, the feed, the open thread. */
+function start() {
+  identify(api.generation);
+  loadAgents(api.generation);
+  feed = new AbortController();
+  followFeed(feed.signal);
+  route();
+}
+
+/**
+ * Forget the token and everything seen with it (threads, the open chat, this tab's saved
+ * transcripts), close the streams, and sign in again.
+ *
+ * @param {string|null} refused the server's reason, when it refused the token
+ */
+function signOut(refused = null) {
+  api.signOut();
+  feed?.abort();
+  current?.abort.abort();
+  current = null;
+  threads.clear();
+  endedRuns.clear();
+  deletedThreads.clear();
+  heldNotices = null;
+  ThreadSession.forgetAll();
+  me = null;
+  served = null;
+  drawAccount(null);
+  $("feed-state").textContent = "";
+  $("stream-state").textContent = "";
+  $("composer-error").textContent = "";
+  history.replaceState(null, "", location.pathname + location.search); // no thread open, no hashchange
+  redraw();
+  // Once, however many refusals and other tabs' sign-outs come in while the dialog is open.
+  restarting ??= askForToken({ refused }, storeToken).then(() => {
+    restarting = null;
+    start();
   });
-  return tokenPrompt;
+}
+
+/** Ask for something signed-in users need, retrying while the server is unreachable or restarting. */
+async function loadForUser(generation, load) {
+  for (let delay = 500; generation === api.generation; delay = Math.min(delay * 2, 5000)) {
+    try {
+      return await load();
+    } catch (error) {
+      // 404: a server from before this endpoint; it has no users or agents to tell apart.
+      if (error.status === 404 || error.code === "signed_out") return null;
+      if (error.status !== 0 && error.status !== 503) throw error;
+      await sleep(delay);
+    }
+  }
+  return null;
+}
+
+async function identify(generation) {
+  const who = await loadForUser(generation, () => api.me()).catch(showError);
+  if (generation !== api.generation) return;
+  me = who ?? null;
+  drawAccount(me);
+}
+
+async function loadAgents(generation) {
+  const agents = await loadForUser(generation, () => api.agents()).catch(showError);
+  if (generation !== api.generation) return;
+  served = agents ?? null;
+  redraw();
 }
 
 function route() {
@@ -540,15 +650,17 @@ function wire() {
   });
   document.addEventListener("keydown", (event) => {
     // Esc stops the run, unless it is closing something else (a reason being typed, a dialog).
-    const elsewhere = event.target instanceof HTMLInputElement || $("token-dialog").open;
+    const elsewhere = event.target instanceof HTMLInputElement || signingIn();
     if (event.key === "Escape" && !elsewhere) stop();
   });
   // Nothing works without the token, so the dialog cannot be dismissed without one.
   $("token-dialog").addEventListener("cancel", (event) => event.preventDefault());
   $("new-thread").addEventListener("click", () =>
     act(async () => {
-      const thread = await api.createThread();
+      const picker = $("agent-select");
+      const thread = await api.createThread(picker.hidden ? null : picker.value);
       info(thread.id).title = thread.title;
+      info(thread.id).agent = thread.agent ?? null;
       toTop(thread.id);
       location.hash = `#/t/${thread.id}`;
       focusInputOnDraw = true;
@@ -571,8 +683,18 @@ function wire() {
   window.addEventListener("hashchange", route);
   window.addEventListener("pagehide", () => current?.session?.save());
   window.addEventListener("unhandledrejection", (event) => showError(event.reason));
+  $("sign-out").addEventListener("click", () => signOut());
+  window.addEventListener("storage", (event) => {
+    if (event.storageArea !== localStorage || (event.key !== Api.tokenKey && event.key !== null)) return;
+    // Another tab signed out, or in: what this tab shows may be someone else's now.
+    if (!api.token) {
+      signOut();
+    } else {
+      ThreadSession.forgetAll();
+      location.reload();
+    }
+  });
 }
 
 wire();
-route();
-followFeed();
+start();

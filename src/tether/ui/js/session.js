@@ -52,6 +52,12 @@ export class ThreadSession {
     sessionStorage.removeItem(ThreadSession.key(threadId));
   }
 
+  /** Forget every thread this tab saved (at sign-out: the next user must not see them). */
+  static forgetAll() {
+    const prefix = ThreadSession.key("");
+    for (const key of Object.keys(sessionStorage)) if (key.startsWith(prefix)) sessionStorage.removeItem(key);
+  }
+
   /** Apply the event with sequence number `seq` from the thread stream. */
   apply(event, seq) {
     this.transcript.apply(event);

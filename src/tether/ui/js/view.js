@@ -6,14 +6,19 @@
 
 import { renderMarkdown } from "./markdown.js";
 
-/** @param {HTMLElement} list @param {object[]} threads newest first @param {string|null} currentId */
-export function drawThreadList(list, threads, currentId) {
+/**
+ * @param {HTMLElement} list
+ * @param {object[]} threads newest first
+ * @param {string|null} currentId
+ * @param {(thread: object) => string} agentLabel the agent to name beside a thread ("": none)
+ */
+export function drawThreadList(list, threads, currentId, agentLabel = () => "") {
   const items = threads.map((thread) => {
     let li = list.querySelector(`li[data-thread-id="${thread.id}"]`);
     if (!li) {
       li = document.createElement("li");
       li.dataset.threadId = thread.id;
-      li.innerHTML = `<a><span class="dot"></span><span class="title"></span></a>`;
+      li.innerHTML = `<a><span class="dot"></span><span class="title"></span><span class="agent" data-testid="thread-agent"></span></a>`;
     }
     const link = li.firstElementChild;
     link.href = `#/t/${thread.id}`;
@@ -23,9 +28,38 @@ export function drawThreadList(list, threads, currentId) {
     li.querySelector(".dot").dataset.status = thread.status;
     li.dataset.status = thread.status;
     li.querySelector(".title").textContent = thread.title || "Untitled";
+    const agent = li.querySelector(".agent");
+    agent.textContent = agentLabel(thread);
+    agent.hidden = !agent.textContent;
     return li;
   });
   list.replaceChildren(...items);
+}
+
+/**
+ * The agent picker beside "New thread": shown only when the server has more than one agent.
+ * A choice made stays chosen across redraws.
+ *
+ * @param {HTMLSelectElement} select
+ * @param {{agents: object[], default: string} | null} served
+ */
+export function drawAgentPicker(select, served) {
+  const agents = served?.agents ?? [];
+  select.hidden = agents.length < 2;
+  const signature = JSON.stringify(agents.map((a) => [a.name, a.description]));
+  if (select.dataset.signature === signature) return;
+  select.dataset.signature = signature;
+  const chosen = select.value;
+  select.replaceChildren(
+    ...agents.map((agent) => {
+      const option = document.createElement("option");
+      option.value = agent.name;
+      option.textContent = agent.name;
+      option.title = agent.description || "";
+      return option;
+    }),
+  );
+  select.value = agents.some((a) => a.name === chosen) ? chosen : served?.default ?? "";
 }
 
 export function statusLabel(status) {
