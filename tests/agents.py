@@ -147,3 +147,10 @@ async def nap(ctx: RunContext[Caller]) -> str:
 served_sync = ServedAgent(who_agent, deps=sync_deps, description="Says who asks.", lifespan=pool_lifespan)
 served_async = ServedAgent(who_agent, deps=async_deps)
 served_failing = ServedAgent(who_agent, deps=failing_deps)
+
+
+async def _served_model(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+    yield "answered by the served model"
+
+
+served_with_model = ServedAgent(who_agent, model=FunctionModel(stream_function=_served_model, model_name="served"))

@@ -172,6 +172,16 @@ async def test_two_agents_each_answer_their_own_threads(start_server):
         assert len((await http.get("/v1/threads")).json()["threads"]) == 2  # nothing was created
 
 
+async def test_a_served_agents_model_replaces_the_agents_own(start_server):
+    server = start_server(agents=("tests.agents:served_with_model",))
+    async with TetherClient(server.url) as client:
+        (agent,) = (await client.agents())["agents"]
+        assert (agent["name"], agent["model"]) == ("served_with_model", "function:served")
+        thread = await client.create_thread()
+        _, text = await answer(client, (await client.send(thread["id"], "who"))["run_id"])
+    assert text == "answered by the served model"
+
+
 # users: every route is scoped to the caller
 
 
