@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,6 +173,23 @@ class ServerThread:
     def call(self, coro: Any) -> Any:
         """Run a coroutine on the server's event loop (for tests that reach inside, e.g. into SQLite)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=20)
+
+
+def host_of(chat: Any) -> Any:
+    """Someone's own FastAPI app with a Tether app mounted at /chat, started in the host's lifespan
+    (a mounted app gets none of its own)."""
+    from fastapi import FastAPI
+
+    import tether
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with tether.running(chat):
+            yield
+
+    host = FastAPI(lifespan=lifespan)
+    host.mount("/chat", chat)
+    return host
 
 
 @pytest.fixture

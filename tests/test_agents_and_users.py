@@ -13,8 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import tether
 from tether.api.auth import AuthConfigError, read_users
 from tether.client import TetherClient
 
-from .conftest import ServerThread, wait_for_status
+from .conftest import ServerThread, host_of, wait_for_status
 from .test_bad_input import assert_error
 
 ALICE, BOB = "alice-token-1234", "bob-token-5678"
@@ -409,19 +407,12 @@ def host_app(settings: tether.Settings) -> FastAPI:
     chat = tether.create_app(
         settings, agents={"who": tether.ServedAgent(_who_agent(), deps=_host_deps)}, auth=session_user
     )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with tether.running(chat):
-            yield
-
-    host = FastAPI(lifespan=lifespan)
+    host = host_of(chat)
 
     @host.get("/hello")
     async def hello(request: Request) -> JSONResponse:
         return JSONResponse({"hello": session_user(request)})
 
-    host.mount("/chat", chat)
     return host
 
 

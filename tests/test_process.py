@@ -373,7 +373,7 @@ async def test_a_bad_agent_exits_with_a_clear_message(tmp_path):
         "nosuch:thing": "cannot import 'nosuch' for --agent",
         "mymod:missing": "module 'mymod' has no attribute 'missing'",
         "mymod:not_an_agent": "mymod:not_an_agent is a int, not a pydantic_ai.Agent or a tether.ServedAgent",
-        "mymod": "--agent must look like 'package.module:agent'",
+        "mymod": "--agent must look like 'package.module:attribute'",
     }
     done = await asyncio.gather(
         *(cli("serve", "--port", "0", "--data-dir", str(tmp_path / "d"), "--agent", spec, env=env) for spec in cases)

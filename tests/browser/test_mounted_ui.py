@@ -3,8 +3,7 @@ every URL it uses is relative to the page, so it works at /chat/ as it does at /
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ import tether
 from tether.client import TetherClient
 from tether.config import Settings
 
-from ..conftest import ServerThread
+from ..conftest import ServerThread, host_of
 from .ui import ChatPage
 
 pytestmark = pytest.mark.sqlite_only  # the UI against one engine; the engines are tested beside
@@ -26,20 +25,12 @@ TOKEN = "mounted-s3cret"
 
 def host_app(settings: Settings) -> FastAPI:
     """Someone else's app, with Tether mounted at /chat and started in the host's lifespan."""
-    chat = tether.create_app(settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with tether.running(chat):
-            yield
-
-    host = FastAPI(lifespan=lifespan)
+    host = host_of(tether.create_app(settings))
 
     @host.get("/")
     async def home() -> dict[str, str]:
         return {"page": "the host's own"}
 
-    host.mount("/chat", chat)
     return host
 
 

@@ -7,10 +7,8 @@ is bound to one agent when it is created (the first one by default).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
-import sys
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import KW_ONLY, dataclass, field
@@ -23,6 +21,7 @@ from pydantic_ai.toolsets import FunctionToolset
 
 from tether.agents.demo import build_demo_agent
 from tether.errors import BadRequest
+from tether.imports import import_attribute
 
 DEMO = "demo"
 """The name of the offline demo agent, served when no --agent is given."""
@@ -182,24 +181,7 @@ def load_agents(specs: tuple[str, ...], data_dir: Path) -> Agents:
 
 
 def _import(spec: str) -> AgentLike:
-    """Import `module:attribute` the way uvicorn imports an app."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise AgentLoadError(
-            f"--agent must look like 'package.module:agent' or 'NAME=package.module:agent', got {spec!r}"
-        )
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AgentLoadError(f"cannot import {module_name!r} for --agent: {exc}") from exc
-    target: Any = module
-    for name in attribute.split("."):
-        try:
-            target = getattr(target, name)
-        except AttributeError:
-            raise AgentLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    target = import_attribute(spec, "--agent", AgentLoadError)
     if not isinstance(target, Agent | ServedAgent):
         raise AgentLoadError(f"{spec} is a {type(target).__name__}, not a pydantic_ai.Agent or a tether.ServedAgent")
     return target

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 import inspect
 import logging
 import re
-import sys
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tether.api.edge import route_path
 from tether.api.errors import error_response
+from tether.imports import import_attribute
 from tether.store import DEFAULT_USER
 
 log = logging.getLogger("tether.auth")
@@ -148,23 +147,10 @@ def read_users(path: Path) -> list[tuple[str, bytes]]:
 
 def load_auth_function(spec: str) -> AuthFunction:
     """Import `module:function` for --auth."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise AuthConfigError(f"--auth must look like 'package.module:function', got {spec!r}")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        target = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AuthConfigError(f"cannot import {module_name!r} for --auth: {exc}") from exc
-    for name in attribute.split("."):
-        try:
-            target = getattr(target, name)
-        except AttributeError:
-            raise AuthConfigError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    target = import_attribute(spec, "--auth", AuthConfigError)
     if not callable(target):
         raise AuthConfigError(f"--auth {spec} is a {type(target).__name__}, not a function")
-    return target  # type: ignore[return-value]
+    return target
 
 
 def _bearer(request: Request) -> bytes | None:
