@@ -165,3 +165,44 @@ async def test_slow_consumer_is_cut_off_without_slowing_the_run_and_resumes(star
         assert [e.seq for e in rest] == list(range(last + 1, last + 1 + len(rest)))
         words = [e.data["delta"] for e in rest if e.data["type"] == "TEXT_MESSAGE_CONTENT"]
         assert words[-1] == " w30000"
+
+
+async def raw_events(http: httpx.AsyncClient, path: str, last_event_id: int, within: float = 10) -> list[int]:
+    """The ids a stream sends before it closes by itself (fails if it does not close `within` seconds)."""
+    ids: list[int] = []
+    async with asyncio.timeout(within):
+        async with http.stream("GET", path, headers={"Last-Event-ID": str(last_event_id)}) as response:
+            assert response.status_code == 200
+            async for event_id, _ in parse_sse(response.aiter_lines()):
+                ids.append(int(event_id))
+    return ids
+
+
+async def test_a_run_stream_resumed_at_or_after_its_end_closes_at_once(server):
+    """What EventSource does when a finished stream's connection drops: it reconnects with the last id.
+    The stream sends what the client lacks (nothing) and closes; it must not hang with keep-alives."""
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        thread = await client.create_thread()
+        first = await client.send(thread["id"], "/stream 3")
+        await wait_for_status(client, first["run_id"], {"completed"})
+        second = await client.send(thread["id"], "/stream 2")  # the thread's log goes on past the first run
+        await wait_for_status(client, second["run_id"], {"completed"})
+        ids = [e.seq async for e in client.stream_run(first["run_id"])]
+        path = f"/v1/runs/{first['run_id']}/stream"
+        assert await raw_events(http, path, ids[-1]) == []  # at its terminal event
+        assert await raw_events(http, path, ids[-1] + 3) == []  # after it, inside the next run
+        assert await raw_events(http, path, ids[-2]) == [ids[-1]]  # just before it: the rest, then the end
+
+
+async def test_a_stream_of_a_run_cancelled_while_queued_ends(start_server):
+    server = start_server(keepalive_seconds=0.3)
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        thread = await client.create_thread()
+        running = await client.send(thread["id"], "/stream 400 ms=20")
+        queued = await client.send(thread["id"], "/stream 2", multitask="enqueue")
+        assert (await client.get_run(queued["run_id"]))["status"] == "queued"
+        following = asyncio.create_task(raw_events(http, f"/v1/runs/{queued['run_id']}/stream", 0))
+        await asyncio.sleep(0.5)
+        await client.cancel(queued["run_id"])
+        assert await following == []  # it never ran: no events, and the stream ends
+        await client.cancel(running["run_id"])

@@ -409,7 +409,7 @@ class Engine:
             bus=self.bus,
             channel=thread_channel(thread_id),
             read=lambda after_, limit: self.store.read_events(thread_id, after_, limit),
-            gone=lambda: self._is_gone(thread_id),
+            over=lambda: self._is_gone(thread_id),
             after=after,
             buffer=self.settings.stream_buffer,
             keepalive=self.settings.keepalive_seconds,
@@ -428,7 +428,7 @@ class Engine:
             keepalive=self.settings.keepalive_seconds,
             closing=self.closing,
             keep=lambda event: event.run_id == run_id,
-            gone=lambda: self._is_gone(run.thread_id),
+            over=lambda: self._has_ended(run_id),
             ends=lambda event: event.run_id == run_id and _ends_run(event),
         )
 
@@ -451,6 +451,13 @@ class Engine:
 
     async def _is_gone(self, thread_id: str) -> bool:
         return await self.store.get_thread(thread_id) is None
+
+    async def _has_ended(self, run_id: str) -> bool:
+        """Whether a run is over (ended, or deleted with its thread): its stream ends once it has sent
+        what is left. A run cancelled while queued has no events at all; one resumed after its last
+        event has none left to send."""
+        run = await self.store.get_run(run_id)
+        return run is None or run.status in TERMINAL_STATUSES
 
     @staticmethod
     async def _check_after(after: int, last: int) -> None:

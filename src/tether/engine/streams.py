@@ -45,15 +45,16 @@ class Follower:
         closing: asyncio.Event,
         keep: Callable[[Any], bool] = lambda item: True,
         ends: Callable[[Any], bool] = lambda item: False,
-        gone: Callable[[], Awaitable[bool]] | None = None,
+        over: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._bus = bus
         self._channel = channel
         self._read = read
         self._keep = keep
         self._ends = ends
-        self._gone = gone
-        """Checked when idle: has what we follow been deleted? Then the stream ends."""
+        self._over = over
+        """Is what we follow over (deleted, or a run that has ended)? Then the stream sends what is left
+        and ends. Asked once the log is replayed, and whenever the live tail is quiet."""
         self.buffer = buffer
         self._keepalive = keepalive
         self.last_seq = after
@@ -77,6 +78,10 @@ class Follower:
                     yield batch
                     if self._ended(batch):
                         return
+                if self._over is not None and await self._over():
+                    async for batch in self._replay():  # what was committed with its end
+                        yield batch
+                    return
                 if subscription.overflowed:
                     continue  # the tail moved on while we replayed: replay again
                 self._live = True
@@ -100,7 +105,9 @@ class Follower:
                         if self._ended(fresh):
                             return
                     elif loop.time() - quiet_since >= self._keepalive:
-                        if self._gone is not None and await self._gone():
+                        if self._over is not None and await self._over():
+                            async for batch in self._replay():
+                                yield batch
                             return
                         quiet_since = loop.time()
                         yield []
