@@ -146,6 +146,38 @@ async def test_create_thread_with_a_non_object_or_bad_body_is_422(server: Server
     await still_serves(server.url)
 
 
+@pytest.mark.parametrize("depth", [21, 256, 998, 5000])
+async def test_metadata_nested_too_deep_is_422_and_the_lists_keep_working(server: ServerThread, depth: int):
+    """Found: metadata 256-998 levels deep was stored (the create answered 500), and every later
+    list and get of the thread answered 500 until the thread was deleted."""
+    body = '{"metadata":' + '{"a":' * depth + "1" + "}" * depth + "}"
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        mine = (await http.post("/v1/threads", json={"metadata": _nested(20)})).json()  # deep, but allowed
+        response = await http.post("/v1/threads", content=body, headers={"content-type": "application/json"})
+        assert response.status_code in (400, 422), response.text
+        error = response.json()["error"]
+        assert error["code"] in ("invalid_json", "invalid_request") and error["message"]
+        assert [t["id"] for t in (await http.get("/v1/threads")).json()["threads"]] == [mine["id"]]
+        assert (await http.get(f"/v1/threads/{mine['id']}")).json()["metadata"] == _nested(20)
+    await still_serves(server.url)
+
+
+async def test_metadata_too_large_is_422(server: ServerThread):
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        error = assert_error(
+            await http.post("/v1/threads", json={"metadata": {"a": "x" * 16_001}}), 422, "invalid_request"
+        )
+        assert "16000 bytes" in error["message"]
+        assert (await http.get("/v1/threads")).json()["threads"] == []
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 async def test_create_thread_without_a_body_or_with_an_object_is_201(server: ServerThread):
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.post("/v1/threads")).status_code == 201

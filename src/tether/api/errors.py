@@ -32,6 +32,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's "error parsing the body": JSON nested deeper than Python's parser goes.
+            return error_response(400, "invalid_json", "the request body is nested too deeply to parse")
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
             # FastAPI's "error parsing the body": a JSON body that is not even UTF-8 text.
             return error_response(400, "invalid_json", f"the request body is not valid JSON: {exc.__cause__}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
@@ -22,10 +23,38 @@ def _not_blank(value: str) -> str:
 
 UserText = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 
+METADATA_DEPTH = 20
+METADATA_BYTES = 16_000
+
+
+def _storable(value: dict[str, Any]) -> dict[str, Any]:
+    """Metadata that every later read can serve: nested at most METADATA_DEPTH deep (JSON libraries
+    refuse deeper documents, which would break every list that shows the thread) and small."""
+
+    # Iteratively: a document nested deeper than Python's recursion limit must get its 422 too.
+    level: list[Any] = [value]
+    for _ in range(METADATA_DEPTH):
+        level = [
+            c
+            for item in level
+            for c in (item.values() if isinstance(item, dict) else item)
+            if isinstance(c, dict | list)
+        ]
+        if not level:
+            break
+    else:
+        raise ValueError(f"must be nested at most {METADATA_DEPTH} levels deep")
+    if len(json.dumps(value, separators=(",", ":"))) > METADATA_BYTES:
+        raise ValueError(f"must be at most {METADATA_BYTES} bytes as JSON")
+    return value
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(_storable)]
+
 
 class CreateThread(Strict):
     title: str | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict, description="Any JSON object, given to the agent's deps factory.")
     agent: str | None = Field(default=None, max_length=64, description="The agent that answers (default: the first).")
 
 
