@@ -190,6 +190,26 @@ async def test_steer_on_an_idle_thread_starts_a_run(server):
         assert done["input"] == "/stream 2"
 
 
+async def test_a_steer_racing_the_end_of_a_run_is_202_and_said_exactly_once(server):
+    """Found: 11 of 100 steers sent as a run ended answered 500, and were still applied as a follow-up
+    run, so a client that retried said it twice."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http, TetherClient(server.url) as client:
+        threads = []
+        for attempt in range(100):
+            thread = await client.create_thread()
+            await client.send(thread["id"], "/stream 3 ms=2")
+            await asyncio.sleep((attempt % 10) * 0.002)  # from well before the end to just after it
+            response = await http.post(f"/v1/threads/{thread['id']}/steer", json={"input": f"said {attempt}"})
+            assert response.status_code == 202, response.text
+            threads.append((thread["id"], f"said {attempt}"))
+        for thread_id, said in threads:
+            for run in await client.list_runs(thread_id):
+                await wait_for_status(client, run["id"], {"completed"})
+            messages = (await client.get_thread(thread_id))["messages"]
+            told = [m for m in messages if m["role"] == "user" and said in m["content"]]
+            assert len(told) == 1, messages
+
+
 async def test_steer_while_awaiting_approval_is_applied_after_the_decision(server):
     async with TetherClient(server.url) as client:
         thread_id, run_id, paused = await pause_for_approval(client)

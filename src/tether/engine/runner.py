@@ -18,7 +18,7 @@ from typing import Any, Literal
 from ag_ui.core import BaseEvent, RunErrorEvent, RunFinishedEvent, RunStartedEvent
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.capabilities import Hooks
-from pydantic_ai.exceptions import RunCancelled
+from pydantic_ai.exceptions import RunCancelled, UserError
 from pydantic_ai.messages import (
     EnqueuedMessagesEvent,
     ModelMessage,
@@ -163,7 +163,13 @@ class RunExecution:
 
     def _enqueue(self, item: InboxItem) -> None:
         assert self._agent_run is not None
-        enqueue_id = self._agent_run.enqueue(item.input)
+        try:
+            enqueue_id = self._agent_run.enqueue(item.input)
+        except UserError:
+            # The agent run has just ended. The message stays in the inbox: a next agent iteration of
+            # this execution takes it, or it becomes the follow-up run (see Engine._after_run).
+            self._steers_waiting.append(item)
+            return
         if enqueue_id is not None:
             self._steers_sent[enqueue_id] = item
 
