@@ -7,7 +7,9 @@ code, that nothing was created by the bad request, and that the server goes on s
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -256,6 +258,32 @@ async def test_cancel_twice_is_202_then_409(server: ServerThread):
 
 
 # oversize bodies
+
+
+@pytest.mark.parametrize("declared", [5000, 10**12, 10**20])
+async def test_an_announced_body_that_never_comes_still_gets_its_answer(start_server, declared: int):
+    """Found: `Content-Length: 10^20` and no body waited for the body forever, never answering. Now a
+    length over the limit is answered at once (413), and one past what HTTP parsers take (more than
+    19 digits) is refused by the HTTP layer itself (400, before Tether sees it)."""
+    server = start_server(max_body_bytes=1000)
+
+    def ask() -> bytes:
+        with socket.create_connection(("127.0.0.1", server.settings.port), timeout=10) as sock:
+            sock.sendall(
+                f"POST /v1/threads HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {declared}\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    answer = await asyncio.to_thread(ask)
+    if declared < 10**19:
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b'"code":"body_too_large"' in answer
+    else:
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
 
 
 @pytest.mark.parametrize("size", [5000, 300_000])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from tether.cli import build_parser
+from tether.server import SummariseFloods
 
 from .conftest import TetherProcess
 
@@ -573,3 +575,82 @@ async def test_the_log_has_one_line_when_a_run_starts_and_one_when_it_ends(tethe
         mentions = [line for line in log.splitlines() if rid in line and " tether." in line]
         assert mentions == [*start, *finish], mentions  # one line each from Tether, start before end
     assert " INFO " in start[0] and " WARNING " in (await wait_for_log(server, rf"run {failed} failed"))[0]
+
+
+# (g) the HTTP edge: connections that send nothing, too many connections, log floods
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes the connection within `seconds` (reading whatever it sends first)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+async def test_connections_that_do_not_send_their_headers_are_closed(tether_process):
+    server = tether_process("--header-timeout", "1", "--keepalive", "0.5").start()
+    port = server.port
+    idle, slow = _connect(port), _connect(port)
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+    assert await asyncio.to_thread(_closed_within, idle, 5)
+    assert await asyncio.to_thread(_closed_within, slow, 5)
+    # A stream outlives the header timeout: it sent its request long ago.
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        tid = (await http.post("/v1/threads")).json()["id"]
+        rid = (await http.post(f"/v1/threads/{tid}/runs", json={"input": "/stream 12 ms=250"})).json()["run_id"]
+        events = await read_run(http, rid)
+        assert (
+            events[-1][1]["type"] == "RUN_FINISHED"
+            and len([e for e in events if e[1]["type"] == "TEXT_MESSAGE_CONTENT"]) >= 12
+        )
+        # Keep-alive requests on one connection still work, each within the timeout of the last.
+        for _ in range(3):
+            assert (await http.get("/healthz")).status_code == 200
+            await asyncio.sleep(0.5)
+
+
+async def test_past_max_connections_requests_get_503_at_once_until_idle_ones_are_closed(tether_process):
+    server = tether_process("--max-connections", "20", "--header-timeout", "2").start()
+    idle = [_connect(server.port) for _ in range(25)]
+    try:
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            refused = await http.get("/healthz")
+            assert refused.status_code == 503 and time.monotonic() - started < 5
+            # The idle ones are closed at their header timeout: then the server answers again.
+            deadline = time.monotonic() + 15
+            while (await http.get("/healthz")).status_code != 200:
+                assert time.monotonic() < deadline, "the idle connections were never closed"
+                await asyncio.sleep(0.2)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "Traceback" not in server.log()
+
+
+def test_a_flood_of_one_log_line_is_summarised():
+    records = []
+    flood = SummariseFloods(burst=5, window=0.2)
+
+    def log(message: str) -> bool:
+        record = logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, message, None, None)
+        passed = flood.filter(record)
+        if passed:
+            records.append(record.getMessage())
+        return passed
+
+    assert [log("Exceeded concurrency limit.") for _ in range(100)].count(True) == 5
+    assert log("another message")  # other kinds are not held back
+    time.sleep(0.25)
+    assert log("Exceeded concurrency limit.")
+    assert records[-1] == "Exceeded concurrency limit. (and 95 more like it in the last 0.2s)"

@@ -5,24 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import uvicorn
 
 from tether import __version__
 from tether.config import (
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_SECONDS,
     DEFAULT_LEASE,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_RECOVERIES,
     DEFAULT_MAX_RUNS,
     DEFAULT_PORT,
@@ -31,9 +31,6 @@ from tether.config import (
     DEFAULT_STREAM_BUFFER,
     Settings,
 )
-
-if TYPE_CHECKING:
-    from tether.engine import Engine
 
 EPILOG = """\
 Every flag can also be set with an environment variable, named in brackets.
@@ -153,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
         "https://app.example.com); any other page may not change anything",
     )
     option("--log-level", str, "info", "log verbosity", choices=["debug", "info", "warning", "error"])
+    option(
+        "--header-timeout",
+        float,
+        DEFAULT_HEADER_TIMEOUT,
+        "seconds a connection may take to send a request's headers (after connecting, or after its last "
+        "response) before it is closed",
+    )
+    option(
+        "--max-connections",
+        int,
+        DEFAULT_MAX_CONNECTIONS,
+        "open connections at once (streams included); past it, requests get 503 at once",
+    )
     option("--max-body-bytes", int, DEFAULT_MAX_BODY_BYTES, "larger request bodies get 413")
     option(
         "--stream-buffer",
@@ -238,6 +248,8 @@ def serve_command(args: argparse.Namespace) -> int:
         lease=args.lease,
         max_runs=args.max_runs,
         workers=args.workers,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
     )
     problem = _check_numbers(settings)
     if problem:
@@ -265,10 +277,19 @@ def serve_command(args: argparse.Namespace) -> int:
     from tether.api.auth import AuthConfigError
     from tether.app import ConfigError, check_services, create_app
     from tether.bus.redis import RedisUnavailable
+    from tether.server import HeaderTimeoutProtocol, TetherServer, configure_logging, raise_file_limit
     from tether.store.db import StoreUnavailable
     from tether.store.sqlite import DataDirInUse
 
     configure_logging(settings.log_level)
+    files = raise_file_limit()
+    if settings.max_connections + 50 > files:
+        print(
+            f"tether: --max-connections {settings.max_connections} needs more open files than this process may "
+            f"have ({files}); lower it or raise the limit (ulimit -n)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         app = create_app(settings)
         asyncio.run(check_services(settings))
@@ -291,6 +312,9 @@ def serve_command(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=settings.shutdown_grace + 5,
         lifespan="on",
+        http=HeaderTimeoutProtocol,
+        timeout_keep_alive=settings.header_timeout,
+        limit_concurrency=settings.max_connections,
     )
     sockets = [socket.socket(fileno=args.listen_fd)] if args.listen_fd is not None else None
     TetherServer(config, app.state.engine).run(sockets=sockets)
@@ -317,57 +341,11 @@ def _check_numbers(settings: Settings) -> str | None:
         return f"--max-runs must be 0 or more, got {settings.max_runs}"
     if settings.workers < 1:
         return f"--workers must be at least 1, got {settings.workers}"
+    if settings.header_timeout <= 0:
+        return f"--header-timeout must be more than 0 seconds, got {settings.header_timeout:g}"
+    if settings.max_connections < 1:
+        return f"--max-connections must be at least 1, got {settings.max_connections}"
     return None
-
-
-class TetherServer(uvicorn.Server):
-    """uvicorn with Tether's graceful shutdown.
-
-    The first SIGTERM/SIGINT refuses new runs, stops runs at their next step boundary (they resume on
-    the next start) and ends every stream with a comment telling clients to reconnect; then uvicorn
-    drains and exits 0. A second signal exits at once.
-    """
-
-    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
-        super().__init__(config)
-        self.engine = engine
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets: Any = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        if self.started and self.servers:
-            host, port = self.servers[0].sockets[0].getsockname()[:2]
-            print(f"Tether is ready: http://{host}:{port}/", flush=True)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit:
-            print("tether: second signal, exiting now", file=sys.stderr, flush=True)
-            os._exit(1)
-        logging.getLogger("tether").info("signal %s: shutting down gracefully (again to exit now)", sig)
-        self.should_exit = True
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.engine.begin_shutdown)
-
-
-class _DropCutOffNoise(logging.Filter):
-    """A stream cut off for a stalled client ends without completing its response, on purpose;
-    Tether logs why (tether.stream), so uvicorn's generic complaint about it only confuses."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "ASGI callable returned without completing response."
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("uvicorn.error").addFilter(_DropCutOffNoise())
 
 
 def _get(args: argparse.Namespace, path: str) -> Any:

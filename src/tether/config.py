@@ -19,6 +19,8 @@ DEFAULT_REQUEST_LIMIT = 50
 DEFAULT_LEASE = 10.0
 DEFAULT_MAX_RUNS = 100
 DEFAULT_OUTAGE_LIMIT = 60.0
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 2000
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ class Settings:
     """This worker's name; None makes one from the host name and the process id."""
     outage_limit: float = DEFAULT_OUTAGE_LIMIT
     """How long a commit waits for an unreachable database before its runs fail."""
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    """Seconds a connection may take to send a request's headers before it is closed (`tether serve`)."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Open connections at once; past it, requests get 503 at once (`tether serve`)."""
 
     def __post_init__(self) -> None:
         # Paths may be given as strings (Settings(data_dir="/var/lib/tether")) by an app that embeds Tether.

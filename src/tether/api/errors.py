@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -100,8 +102,14 @@ class BodyLimitMiddleware:
         # connection with unread bytes makes the kernel send a reset, and the client then loses
         # the 413 and sees only a broken connection.
         # A client that waits for "100 Continue" has sent nothing, and gets none: no drain.
-        if unread and dict(scope["headers"]).get(b"expect", b"").lower() != b"100-continue":
-            await _drain(receive, DRAIN_BYTES)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        small_enough = not declared.isdigit() or int(declared) <= DRAIN_BYTES
+        if unread and small_enough and headers.get(b"expect", b"").lower() != b"100-continue":
+            # Bounded in time too: a client that announces a body and never sends it gets its 413.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await _drain(receive, DRAIN_BYTES)
         response = error_response(
             413,
             "body_too_large",
@@ -113,6 +121,8 @@ class BodyLimitMiddleware:
 
 DRAIN_BYTES = 1 << 20
 """How much of a refused body is read and dropped before the 413; a larger one is cut off."""
+DRAIN_SECONDS = 2.0
+"""How long the server waits for the refused body before it answers anyway."""
 
 
 async def _drain(receive: Receive, limit: int) -> None:
