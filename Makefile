@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+JS_STAMP := tests/js/node_modules/.installed-stamp
 # The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: serve test lint format bench clean help chromium
+.PHONY: serve test lint format bench clean help chromium js-clients
 
 help:
 	@echo "make serve   install into $(VENV) and run Tether with SQLite and the offline demo agent"
@@ -23,9 +24,18 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/tether serve
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium js-clients
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 4 --dist loadgroup -q
+
+# The npm clients the AG-UI and AI SDK tests drive, pinned in tests/js/package-lock.json: `npm ci` when
+# the lock file is newer than the last install. Without npm those tests skip (under CI=true they fail).
+js-clients:
+	@if ! command -v npm >/dev/null; then \
+	  echo "npm not found: the AG-UI and AI SDK client tests will skip (and fail under CI=true)"; \
+	elif [ ! -f $(JS_STAMP) ] || [ tests/js/package-lock.json -nt $(JS_STAMP) ]; then \
+	  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error) && touch $(JS_STAMP); \
+	fi
 
 # Installs Chromium where it can (root, or sudo without a password); elsewhere the browser tests
 # skip, except under CI=true, where they fail.

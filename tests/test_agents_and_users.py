@@ -209,9 +209,36 @@ ROUTES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/runs/{run_id}/approvals"): {"decisions": {"call_a": {"approved": True}}},
     ("GET", "/v1/runs/{run_id}/stream"): None,
     ("GET", "/v1/events"): None,
+    ("POST", "/v1/ag-ui"): {
+        "threadId": "THREAD",
+        "runId": "bobs-run",
+        "state": {},
+        "messages": [{"id": "m1", "role": "user", "content": "hello"}],
+        "tools": [],
+        "context": [],
+        "forwardedProps": {},
+    },
+    ("GET", "/v1/ag-ui/{thread_id}"): None,
+    ("POST", "/v1/ai-sdk/chat"): {
+        "id": "THREAD",
+        "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "hello"}]}],
+        "trigger": "submit-message",
+    },
+    ("GET", "/v1/ai-sdk/chat/{chat_id}"): None,
+    ("GET", "/v1/ai-sdk/chat/{chat_id}/stream"): None,
 }
 UNSCOPED = {("GET", "/healthz"), ("GET", "/v1/me"), ("GET", "/v1/agents")}
 """Routes about the server or the caller, not about anyone's threads."""
+NAMED_IN_BODY = {("POST", "/v1/ag-ui"), ("POST", "/v1/ai-sdk/chat")}
+"""Routes whose body names the thread ("THREAD" in ROUTES)."""
+
+
+def fill(template: str, body: Any, thread_id: str, run_id: str) -> tuple[str, Any]:
+    """A route's path and body for one thread and run."""
+    path = template.format(thread_id=thread_id, run_id=run_id, chat_id=thread_id)
+    if body is not None:
+        body = json.loads(json.dumps(body).replace('"THREAD"', json.dumps(thread_id)))
+    return path, body
 
 
 async def request(http: httpx.AsyncClient, method: str, path: str, body: Any, token: str | None) -> httpx.Response:
@@ -236,9 +263,9 @@ async def test_another_users_threads_and_runs_are_404_on_every_route(start_serve
         alice_ids = {thread["id"], run["run_id"]}
 
         for (method, template), body in ROUTES.items():
-            if (method, template) in UNSCOPED or "{" not in template:
+            if (method, template) in UNSCOPED or ("{" not in template and (method, template) not in NAMED_IN_BODY):
                 continue
-            path = template.format(thread_id=thread["id"], run_id=run["run_id"])
+            path, body = fill(template, body, thread["id"], run["run_id"])
             response = await request(http, method, path, body, BOB)
             assert_error(response, 404, "not_found")
             assert "alice" not in response.text
@@ -294,7 +321,7 @@ async def test_no_or_wrong_credentials_get_401_on_every_v1_route(start_server, t
     server = start_server(users_file=users_file(tmp_path))
     async with httpx.AsyncClient(base_url=server.url) as http:
         for (method, template), body in ROUTES.items():
-            path = template.format(thread_id="thr_x", run_id="run_x")
+            path, body = fill(template, body, "thr_x", "run_x")
             for token in (None, "not-a-users-token"):
                 response = await request(http, method, path, body, token)
                 if path == "/healthz":

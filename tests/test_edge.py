@@ -50,7 +50,7 @@ async def test_a_foreign_origin_changes_nothing_on_any_route(start_server):
         await wait_for_status(client, run["run_id"], {"awaiting_approval"})
         before = await state(client)
         for method, template in changing:
-            path = template.format(thread_id=thread["id"], run_id=run["run_id"])
+            path = template.format(thread_id=thread["id"], run_id=run["run_id"], chat_id=thread["id"])
             for origin in (EVIL, "null", f"http://127.0.0.1:{server.settings.port + 1}"):
                 response = await http.request(method, path, json=BODIES.get(template), headers={"Origin": origin})
                 error = assert_error(response, 403, "cross_origin")
@@ -71,7 +71,7 @@ async def test_a_forged_host_is_not_served_on_any_route(start_server):
     every = [*operations(server.app.openapi(), {"GET", "POST", "PATCH", "DELETE"}), ("GET", "/healthz"), ("GET", "/")]
     async with httpx.AsyncClient(base_url=server.url) as http:
         for method, template in every:
-            path = template.format(thread_id="thr_x", run_id="run_x")
+            path = template.format(thread_id="thr_x", run_id="run_x", chat_id="thr_x")
             for host in ("rebind.evil.example", f"rebind.evil.example:{server.settings.port}", "localhost.evil"):
                 response = await http.request(method, path, json=BODIES.get(template), headers={"Host": host})
                 assert_error(response, 421, "misdirected_request")

@@ -145,6 +145,9 @@ async def test_slow_consumer_is_cut_off_without_slowing_the_run_and_resumes(star
         assert done["status"] == "completed"
 
         # The server has closed the stalled connection: reading now drains what was buffered, then EOF.
+        # (With a wide window again: megabytes may sit in the kernel's buffers, and a 2 KB window with
+        # delayed acknowledgements drains them at a few dozen KB/s on a busy machine.)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         stalled.settimeout(10)
         chunks = [first_bytes]
         started = time.monotonic()

@@ -23,6 +23,7 @@ from tether.api.auth import (
 )
 from tether.api.edge import HostCheckMiddleware, OriginCheckMiddleware, SecurityHeadersMiddleware
 from tether.api.errors import BodyLimitMiddleware, install_error_handlers
+from tether.api.protocols import ag_ui, ai_sdk
 from tether.api.routes import health_router, router
 from tether.api.ui import mount_ui
 from tether.bus import Bus
@@ -78,6 +79,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)
+    app.include_router(ag_ui.router)
+    app.include_router(ai_sdk.router)
     mount_ui(app)
     # Outermost last: the Host check first, then the headers every response gets, CORS, the Origin
     # check, authentication, and the body limit nearest the routes.
@@ -153,12 +156,17 @@ def open_store(settings: Settings) -> Store:
 
 
 async def check_services(settings: Settings) -> None:
-    """Connect to PostgreSQL (migrating its schema) and Redis once, before serving, so that a server
-    that cannot reach them says so plainly and exits, rather than failing in its lifespan."""
+    """Connect to PostgreSQL (migrating its schema) and Redis once, or check the SQLite file, before
+    serving, so that a server that cannot use them says so plainly and exits, rather than failing in
+    its lifespan."""
     if settings.uses_postgres:
         store = open_store(settings)
         await store.open()
         await store.close()
+    else:
+        from tether.store.sqlite import SQLiteDatabase
+
+        SQLiteDatabase(settings.database_path).check()
     if settings.redis is not None:
         bus = open_bus(replace(settings, worker_id=f"{settings.worker_id or 'tether'}-check"))
         await bus.start()

@@ -278,7 +278,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from tether.app import ConfigError, check_services, create_app
     from tether.bus.redis import RedisUnavailable
     from tether.server import HeaderTimeoutProtocol, TetherServer, configure_logging, raise_file_limit
-    from tether.store.db import StoreUnavailable
+    from tether.store.db import StoreCorrupt, StoreUnavailable
     from tether.store.sqlite import DataDirInUse
 
     configure_logging(settings.log_level)
@@ -293,7 +293,15 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings)
         asyncio.run(check_services(settings))
-    except (AgentLoadError, AuthConfigError, DataDirInUse, ConfigError, StoreUnavailable, RedisUnavailable) as exc:
+    except (
+        AgentLoadError,
+        AuthConfigError,
+        DataDirInUse,
+        ConfigError,
+        StoreCorrupt,
+        StoreUnavailable,
+        RedisUnavailable,
+    ) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2
     engine = app.state.engine

@@ -61,12 +61,17 @@ def resume_point(last_event_id: str | None, after: str | None) -> int:
     return int(raw)
 
 
-@health_router.get("/healthz", response_model=Health, tags=["health"])
-async def healthz(request: Request) -> Health:
+@health_router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+async def healthz(request: Request, response: Response) -> Health:
+    """200 while the server can do its work; 503 when its store cannot be trusted with writes."""
     eng = engine(request)
     bus = "redis" if eng.settings.redis else "memory"
+    problem = eng.store.problem
+    if problem is not None:
+        response.status_code = 503
     return Health(
-        status="ok",
+        status="ok" if problem is None else "unhealthy",
+        problem=problem,
         version=__version__,
         worker=eng.worker_id,
         engines=Engines(store=eng.store.engine, bus=bus, bus_healthy=eng.bus.healthy, database=eng.store.url),

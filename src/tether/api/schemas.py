@@ -196,7 +196,8 @@ class Engines(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "unhealthy"] = Field(description="unhealthy (with status 503): see `problem`.")
+    problem: str | None = Field(default=None, description="Why the server cannot be trusted with writes now.")
     version: str
     worker: str = Field(description="This worker's id (the `worker` of the runs it executes).")
     engines: Engines

@@ -31,11 +31,21 @@ from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.config import Settings, new_worker_id
 from tether.engine import collector
 from tether.engine.journal import Journal
-from tether.engine.streams import Follower
+from tether.engine.streams import REPLAY_PAGE, Follower
 from tether.engine.worker import Worker
 from tether.errors import BadRequest, Conflict, NotFound, Unavailable
 from tether.events import feed_notice
-from tether.store import ACTIVE_STATUSES, TERMINAL_STATUSES, Decision, InboxItem, Run, Store, Thread
+from tether.store import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    ClientMessage,
+    ClientRun,
+    Decision,
+    InboxItem,
+    Run,
+    Store,
+    Thread,
+)
 
 log = logging.getLogger("tether.engine")
 
@@ -117,6 +127,7 @@ class Engine:
     async def create_thread(
         self, user: str, title: str | None = None, metadata: dict[str, Any] | None = None, agent: str | None = None
     ) -> Thread:
+        self._check_accepting()
         now = time.time()
         thread = Thread(
             id=_new_id("thr"),
@@ -143,6 +154,7 @@ class Engine:
         return await self.store.list_threads(user, limit, before)
 
     async def rename_thread(self, thread_id: str, user: str, title: str | None) -> Thread:
+        self._check_accepting()
         await self.get_thread(thread_id, user)
         await self.store.update_thread(thread_id, title=title)
         self.journal.feed(thread_id, None, feed_notice("thread.updated", thread_id, title=title))
@@ -151,6 +163,7 @@ class Engine:
 
     async def delete_thread(self, thread_id: str, user: str) -> None:
         """Delete a thread, its runs and its log; an active run is cancelled first."""
+        self._check_accepting()
         await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
             for run in await self.active_runs(thread_id):
@@ -229,8 +242,13 @@ class Engine:
         return run
 
     def _check_accepting(self) -> None:
+        """Refuse a request that would write, at once and before it writes anything, while the server
+        shuts down or its commits are failing (they are retried meanwhile: a request must not wait
+        that out, nor be half done)."""
         if not self._accepting:
             raise Unavailable("the server is shutting down; try again in a moment")
+        if self.journal.outage is not None:
+            raise Unavailable(f"the database cannot take writes right now ({self.journal.outage}); try again later")
 
     async def steer(self, thread_id: str, user: str, user_input: str) -> tuple[Run, str]:
         """Give the active run a message at its next step boundary, or start a run if the thread is idle.
@@ -287,6 +305,7 @@ class Engine:
 
     async def decide(self, run_id: str, user: str, decisions: dict[str, Decision]) -> Run:
         """Record approval decisions; when every pending call is decided, the run resumes (invariant 6)."""
+        self._check_accepting()
         run = await self.get_run(run_id, user)
         async with self._thread_locks[run.thread_id]:
             run = await self._get_run(run_id)
@@ -348,6 +367,7 @@ class Engine:
         return await self.store.runs_with_status(ACTIVE_STATUSES, user)
 
     async def cancel_run(self, run_id: str, user: str) -> Run:
+        self._check_accepting()
         run = await self.get_run(run_id, user)
         async with self._thread_locks[run.thread_id]:
             run = await self._get_run(run_id)
@@ -466,6 +486,64 @@ class Engine:
                 f"Last-Event-ID {after} is ahead of the last event ({last}); resume from an id you received",
                 code="invalid_last_event_id",
             )
+
+    # protocols
+    # What the protocol endpoints (AG-UI, the AI SDK) need beside the v1 API. Their clients name threads
+    # and runs themselves; the methods that read those ids take a Thread the caller was checked for.
+
+    async def open_thread(self, thread_id: str, user: str) -> Thread:
+        """The caller's thread with this id, created now if no thread has it (a protocol client names its
+        conversations); NotFound if it is another user's, which is never created anew."""
+        thread = await self.store.get_thread(thread_id)
+        if thread is None:
+            now = time.time()
+            created = Thread(
+                id=thread_id,
+                title=None,
+                created_at=now,
+                updated_at=now,
+                user_id=user,
+                agent=self.agents.resolve(None),
+            )
+            if await self.store.create_thread_if_absent(created):
+                notice = feed_notice("thread.created", thread_id, title=None, agent=created.agent)
+                self.journal.feed(thread_id, None, notice)
+                await self.journal.commit()
+                return created
+        return await self.get_thread(thread_id, user)  # it exists (perhaps made a moment ago): whose is it?
+
+    async def last_seq(self, thread: Thread) -> int:
+        return await self.store.last_seq(thread.id)
+
+    async def thread_log(self, thread: Thread, upto: int) -> list[events.Event]:
+        """The thread's events up to seq `upto`, in order: what its clients were sent."""
+        log: list[events.Event] = []
+        while True:
+            page = await self.store.read_events(thread.id, log[-1].seq if log else 0, REPLAY_PAGE)
+            for event in page:
+                if event.seq > upto:
+                    return log
+                log.append(event)
+            if len(page) < REPLAY_PAGE:
+                return log
+
+    async def client_runs(self, thread: Thread) -> list[ClientRun]:
+        return await self.store.client_runs(thread.id)
+
+    async def add_client_run(self, thread: Thread, client_run_id: str, run: Run, after_seq: int) -> None:
+        """Name a stretch of `run` (its events after `after_seq`) by the client's runId."""
+        if not await self.store.add_client_run(ClientRun(thread.id, client_run_id, run.id, after_seq)):
+            raise Conflict(f"runId {client_run_id!r} already names a run of this thread", code="run_id_reused")
+
+    async def client_messages(self, thread: Thread) -> list[ClientMessage]:
+        return await self.store.client_messages(thread.id)
+
+    async def add_client_messages(self, thread: Thread, run: Run, message_ids: list[str]) -> None:
+        """The client's ids of the messages that became `run`'s input; the last one stands for it."""
+        last = len(message_ids) - 1
+        await self.store.add_client_messages(
+            [ClientMessage(thread.id, m, run.id, is_input=i == last) for i, m in enumerate(message_ids)]
+        )
 
 
 def _ends_run(event: events.Event) -> bool:

@@ -70,6 +70,8 @@ class Journal:
         self._store = store
         self._bus = bus
         self._outage_limit = outage_limit
+        self.outage: str | None = None
+        """Why commits are failing right now (the database is unreachable, or full), while they are retried."""
         self._on_lease_lost = on_lease_lost
         self._leases: dict[str, Lease] = {}
         self._lost: set[str] = set()
@@ -273,16 +275,19 @@ class Journal:
             except StoreConflict as conflict:
                 log.info("%s; committing again", conflict)  # rolled back whole: nothing of it was written
                 continue
-            except StoreUnavailable:
+            except StoreUnavailable as unavailable:
                 now = time.monotonic()
+                self.outage = str(unavailable)
                 if outage_began is None:
                     outage_began = now
                     log.warning("the database is unreachable; retrying the commit for up to %.0fs", self._outage_limit)
                 if now - outage_began > self._outage_limit:
+                    self.outage = None  # this batch gives up; the next finds out for itself
                     raise
                 await asyncio.sleep(min(1.0, 0.05 * 2 ** min(int(now - outage_began), 5)))
                 continue
             if outage_began is not None:
+                self.outage = None
                 log.info("the database is back after %.1fs", time.monotonic() - outage_began)
             return feed
 

@@ -42,6 +42,27 @@ class Thread:
     """The name of the agent that answers the thread; None: the server's first agent."""
 
 
+@dataclass(frozen=True)
+class ClientRun:
+    """A protocol client's runId (AG-UI): one stretch of a Tether run, its events after `after_seq`."""
+
+    thread_id: str
+    client_run_id: str
+    run_id: str
+    after_seq: int
+
+
+@dataclass(frozen=True)
+class ClientMessage:
+    """A protocol client's own id for a user message it sent, and the run whose input it became."""
+
+    thread_id: str
+    message_id: str
+    run_id: str
+    is_input: bool
+    """The message the run's user-message events stand for (the others were merged into it)."""
+
+
 @dataclass
 class PendingCall:
     """A tool call waiting for a human's decision."""
@@ -236,11 +257,17 @@ class Store(Protocol):
     """The database's name: "sqlite" or "postgresql"."""
     exclusive: bool
     """True when one process holds the database alone: then no other worker can hold a lease."""
+    problem: str | None
+    """Why the database cannot be trusted with writes any more (a deleted file); None: it can."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
     async def create_thread(self, thread: Thread) -> None: ...
+    async def create_thread_if_absent(self, thread: Thread) -> bool:
+        """Insert the thread unless one with its id exists; whether it was inserted."""
+        ...
+
     async def get_thread(self, thread_id: str) -> Thread | None: ...
     async def list_threads(self, user_id: str, limit: int, before: float | None = None) -> list[Thread]: ...
     async def update_thread(self, thread_id: str, *, title: str | None) -> None: ...
@@ -308,6 +335,17 @@ class Store(Protocol):
     async def read_events(self, thread_id: str, after: int, limit: int, run_id: str | None = None) -> list[Event]: ...
     async def last_feed_seq(self) -> int: ...
     async def read_feed(self, after: int, limit: int) -> list[FeedItem]: ...
+
+    async def add_client_run(self, run: ClientRun) -> bool:
+        """Record a client's runId unless the thread has it already; whether it was recorded."""
+        ...
+
+    async def client_runs(self, thread_id: str) -> list[ClientRun]: ...
+    async def add_client_messages(self, messages: list[ClientMessage]) -> None:
+        """Record client message ids; an id recorded before now names the new run (a retry re-answers it)."""
+        ...
+
+    async def client_messages(self, thread_id: str) -> list[ClientMessage]: ...
 
     async def write(self, batch: WriteBatch) -> list[FeedItem]:
         """Commit the batch in one transaction and return its feed items, numbered. Raises LeaseLost

@@ -75,10 +75,16 @@ class StoreConflict(StoreUnavailable):
     """The database rolled the transaction back to break a deadlock: trying it again is safe."""
 
 
+class StoreCorrupt(RuntimeError):
+    """At start: the database is not one Tether can use (not a database, or damaged); says what to do."""
+
+
 class Database(Protocol):
     dialect: Dialect
     url: str
     """Where the data is, without any password (for logs and /healthz)."""
+    problem: str | None
+    """Why the database cannot be trusted with writes any more (None: it can). Shown by /healthz."""
 
     async def open(self) -> None:
         """Connect and bring the schema up to date."""

@@ -59,6 +59,25 @@ CREATE INDEX threads_by_user ON threads (user_id, updated_at DESC);
 ALTER TABLE feed ADD COLUMN user_id TEXT NOT NULL DEFAULT 'default';
 """
 
+_CLIENT_IDS = """
+CREATE TABLE client_runs (
+    thread_id      TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+    client_run_id  TEXT NOT NULL,
+    run_id         TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    after_seq      BIGINT NOT NULL,
+    PRIMARY KEY (thread_id, client_run_id)
+);
+CREATE TABLE client_messages (
+    thread_id   TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+    message_id  TEXT NOT NULL,
+    run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    is_input    BOOLEAN NOT NULL,
+    PRIMARY KEY (thread_id, message_id)
+);
+CREATE INDEX client_runs_by_run ON client_runs (run_id);
+CREATE INDEX client_messages_by_run ON client_messages (run_id);
+"""
+
 MIGRATIONS: list[Migration] = [
     # 1: threads, runs, the per-thread event log, the global feed, checkpoints.
     Migration(
@@ -295,5 +314,13 @@ MIGRATIONS: list[Migration] = [
     Migration(
         sqlite=_USERS_AND_AGENTS,
         postgres=_USERS_AND_AGENTS,
+    ),
+    # 6: the ids protocol clients give (AG-UI, the AI SDK). A client's runId names one stretch of a Tether
+    # run (from its RUN_STARTED to its next terminal event), the events after `after_seq`; a client's own
+    # id for a user message it sent names the run whose input it became (`is_input`: the message that
+    # run's user-message events stand for; the others were merged into it).
+    Migration(
+        sqlite=_CLIENT_IDS,
+        postgres=_CLIENT_IDS,
     ),
 ]

@@ -107,6 +107,8 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 class PostgresDatabase:
     dialect = DIALECT
+    problem = None
+    """An unreachable server is an outage (StoreUnavailable, retried), not a lasting problem."""
 
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10, connect_timeout: float = 5) -> None:
         self._dsn = url

@@ -25,6 +25,8 @@ from tether.store import (
     Checkpoint,
     Claim,
     ClaimMode,
+    ClientMessage,
+    ClientRun,
     Decision,
     InboxItem,
     Lease,
@@ -116,6 +118,10 @@ class SQLStore:
     def url(self) -> str:
         return self.db.url
 
+    @property
+    def problem(self) -> str | None:
+        return self.db.problem
+
     async def open(self) -> None:
         await self.db.open()
 
@@ -140,16 +146,16 @@ class SQLStore:
         await self._execute(
             "INSERT INTO threads (id, title, created_at, updated_at, metadata, user_id, agent) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                thread.id,
-                thread.title,
-                thread.created_at,
-                thread.updated_at,
-                json.dumps(thread.metadata),
-                thread.user_id,
-                thread.agent,
-            ),
+            _thread_values(thread),
         )
+
+    async def create_thread_if_absent(self, thread: Thread) -> bool:
+        count = await self._execute(
+            "INSERT INTO threads (id, title, created_at, updated_at, metadata, user_id, agent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            _thread_values(thread),
+        )
+        return count == 1
 
     async def get_thread(self, thread_id: str) -> Thread | None:
         row = await self._one(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,))
@@ -380,6 +386,40 @@ class SQLStore:
         )
         return [FeedItem(*row) for row in rows]
 
+    # ids that protocol clients give
+
+    async def add_client_run(self, run: ClientRun) -> bool:
+        count = await self._execute(
+            "INSERT INTO client_runs (thread_id, client_run_id, run_id, after_seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (thread_id, client_run_id) DO NOTHING",
+            (run.thread_id, run.client_run_id, run.run_id, run.after_seq),
+        )
+        return count == 1
+
+    async def client_runs(self, thread_id: str) -> list[ClientRun]:
+        rows = await self.db.fetch(
+            "SELECT thread_id, client_run_id, run_id, after_seq FROM client_runs WHERE thread_id = ?", (thread_id,)
+        )
+        return [ClientRun(*row) for row in rows]
+
+    async def add_client_messages(self, messages: list[ClientMessage]) -> None:
+        def script() -> Script[None]:
+            for m in messages:
+                yield Execute(
+                    "INSERT INTO client_messages (thread_id, message_id, run_id, is_input) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (thread_id, message_id) DO UPDATE SET run_id = excluded.run_id, "
+                    "is_input = excluded.is_input",
+                    (m.thread_id, m.message_id, m.run_id, m.is_input),
+                )
+
+        await self.db.transaction(script())
+
+    async def client_messages(self, thread_id: str) -> list[ClientMessage]:
+        rows = await self.db.fetch(
+            "SELECT thread_id, message_id, run_id, is_input FROM client_messages WHERE thread_id = ?", (thread_id,)
+        )
+        return [ClientMessage(t, m, r, bool(i)) for t, m, r, i in rows]
+
     async def write(self, batch: WriteBatch) -> list[FeedItem]:
         return await self.db.transaction(self._write(batch))
 
@@ -465,6 +505,18 @@ def _checkpoint(rows: list[tuple[Any, ...]]) -> Checkpoint | None:
             messages.extend(bytes(added).split(b"\n"))
     thread_id, run_id, created_at, id_, kind = rows[0][:5]
     return Checkpoint(thread_id, run_id, messages, created_at, id=id_, kind=kind)
+
+
+def _thread_values(thread: Thread) -> tuple[Any, ...]:
+    return (
+        thread.id,
+        thread.title,
+        thread.created_at,
+        thread.updated_at,
+        json.dumps(thread.metadata),
+        thread.user_id,
+        thread.agent,
+    )
 
 
 def _thread(row: tuple[Any, ...]) -> Thread:

@@ -12,6 +12,12 @@ several times per group commit.)
 process being killed; only an OS crash or power loss can lose the last few.
 One process holds the file at a time (an exclusive lock beside it), which is
 what lets the store end a dead process's leases at once.
+
+The file is checked, never trusted: at start, that it is a database and passes
+`PRAGMA quick_check`; before every write transaction, that the path still names
+the file the server opened. A database deleted or replaced while the server runs
+would otherwise take every later write into an unlinked file, acknowledged and
+then lost at the next restart; here writes are refused (503) and /healthz says why.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from tether.store.db import Dialect, Execute, InsertMany, Query, Script, Statement
+from tether.store.db import Dialect, Execute, InsertMany, Query, Script, Statement, StoreCorrupt, StoreUnavailable
 from tether.store.migrations import MIGRATIONS
 from tether.store.sql import SQLStore
 
@@ -110,21 +116,44 @@ def _run(conn: sqlite3.Connection, script: Script[T]) -> T:
         script.close()
 
 
-def _in_transaction(script: Script[T]) -> Callable[[sqlite3.Connection], T]:
-    """`script` as one write transaction: committed if it returns, rolled back if it raises."""
+def _in_transaction(script: Script[T], check: Callable[[], None]) -> Callable[[sqlite3.Connection], T]:
+    """`script` as one write transaction: committed if it returns, rolled back if it raises. `check`
+    runs first, on the writer's thread."""
 
     def transaction(conn: sqlite3.Connection) -> T:
-        conn.execute("BEGIN IMMEDIATE")
+        check()
         try:
-            result = _run(conn, script)
-        except BaseException:
-            if conn.in_transaction:  # SQLite has already rolled back on some errors (a full disk)
-                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _run(conn, script)
+            except BaseException:
+                if conn.in_transaction:  # SQLite has already rolled back on some errors (a full disk)
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if _cannot_write(exc):
+                raise StoreUnavailable(f"the database cannot be written: {exc}") from exc
             raise
-        conn.execute("COMMIT")
         return result
 
     return transaction
+
+
+CANNOT_WRITE = ("database or disk is full", "readonly database", "disk i/o error", "unable to open database file")
+
+
+def _cannot_write(exc: sqlite3.OperationalError) -> bool:
+    """A full disk, a read-only file or a failing device: the write may work later, when that is fixed."""
+    return any(reason in str(exc).lower() for reason in CANNOT_WRITE)
+
+
+def _check_file(conn: sqlite3.Connection) -> None:
+    """That the file is a database, and not damaged (a quick check of its pages and indexes)."""
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    if [tuple(row) for row in rows] != [("ok",)]:
+        found = "; ".join(str(row[0]) for row in rows[:5])
+        raise sqlite3.DatabaseError(f"quick_check found damage: {found}")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -157,6 +186,8 @@ class SQLiteDatabase:
         self._lock_file: IO[str] | None = None
         self._writer = ThreadConnection("tether-sqlite-writer")
         self._reader = ThreadConnection("tether-sqlite-reader")
+        self._identity: tuple[int, int] | None = None
+        self.problem: str | None = None
 
     def lock(self) -> None:
         """Hold an exclusive lock on the database for as long as the store is open (released at exit,
@@ -183,11 +214,38 @@ class SQLiteDatabase:
         lock_file.flush()
         self._lock_file = lock_file
 
+    def check(self) -> None:
+        """Raise StoreCorrupt if the file exists and is not a sound database (before serving: a clear
+        message at start rather than a failing lifespan)."""
+        if not self.path.exists():
+            return
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                _check_file(conn)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise self._corrupt(exc) from exc
+
     async def open(self) -> None:
         self.lock()
-        await self._writer.open(self.path)
-        await self._writer.call(_migrate)
+        try:
+            await self._writer.open(self.path)
+            await self._writer.call(_check_file)
+            await self._writer.call(_migrate)
+        except sqlite3.DatabaseError as exc:
+            await self._writer.close()
+            self._writer = ThreadConnection("tether-sqlite-writer")
+            raise self._corrupt(exc) from exc
         await self._reader.open(self.path)
+        self._identity = _identity(self.path)
+
+    def _corrupt(self, exc: sqlite3.DatabaseError) -> StoreCorrupt:
+        return StoreCorrupt(
+            f"{self.path} is not a usable Tether database ({exc}). Move it away to start with an empty one, "
+            "or restore it from a backup (sqlite3's .recover can save what is readable)"
+        )
 
     async def close(self) -> None:
         await self._reader.close()
@@ -202,7 +260,23 @@ class SQLiteDatabase:
         return await self._reader.call(lambda conn: conn.execute(sql, args).fetchall())
 
     async def transaction(self, script: Script[T]) -> T:
-        return await self._writer.call(_in_transaction(script))
+        return await self._writer.call(_in_transaction(script, self._check_identity))
+
+    def _check_identity(self) -> None:
+        """Refuse to write unless the path still names the file this server opened."""
+        if self.problem is None:
+            try:
+                now = _identity(self.path)
+            except FileNotFoundError:
+                now = None
+            if now != self._identity:
+                how = "deleted" if now is None else "replaced by another file"
+                self.problem = (
+                    f"the database file {self.path} was {how} while the server ran; nothing more is written "
+                    "(it would be lost). Put the file back, or restart the server to start from what is there"
+                )
+        if self.problem is not None:
+            raise StoreUnavailable(self.problem)
 
 
 class SQLiteStore(SQLStore):
@@ -216,3 +290,8 @@ class SQLiteStore(SQLStore):
 
     def lock(self) -> None:
         self.database.lock()
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino

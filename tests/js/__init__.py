@@ -1,0 +1,1 @@
+"""The npm clients Tether speaks its protocols with, and pytest helpers that run them."""
