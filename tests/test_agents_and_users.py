@@ -192,6 +192,7 @@ def _routes(app: FastAPI) -> set[tuple[str, str]]:
 # fails if a route is missing here: a new route must say how it is kept to its user.
 ROUTES: dict[tuple[str, str], Any] = {
     ("GET", "/healthz"): None,
+    ("GET", "/metrics"): None,
     ("GET", "/v1/me"): None,
     ("GET", "/v1/agents"): None,
     ("GET", "/v1/threads"): None,
@@ -227,7 +228,7 @@ ROUTES: dict[tuple[str, str], Any] = {
     ("GET", "/v1/ai-sdk/chat/{chat_id}"): None,
     ("GET", "/v1/ai-sdk/chat/{chat_id}/stream"): None,
 }
-UNSCOPED = {("GET", "/healthz"), ("GET", "/v1/me"), ("GET", "/v1/agents")}
+UNSCOPED = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/me"), ("GET", "/v1/agents")}
 """Routes about the server or the caller, not about anyone's threads."""
 NAMED_IN_BODY = {("POST", "/v1/ag-ui"), ("POST", "/v1/ai-sdk/chat")}
 """Routes whose body names the thread ("THREAD" in ROUTES)."""

@@ -23,6 +23,7 @@ from tether.api.auth import (
 )
 from tether.api.edge import HostCheckMiddleware, OriginCheckMiddleware, SecurityHeadersMiddleware
 from tether.api.errors import BodyLimitMiddleware, install_error_handlers
+from tether.api.limits import RateLimitMiddleware
 from tether.api.protocols import ag_ui, ai_sdk
 from tether.api.routes import health_router, router
 from tether.api.ui import mount_ui
@@ -83,9 +84,12 @@ def create_app(
     app.include_router(ai_sdk.router)
     mount_ui(app)
     # Outermost last: the Host check first, then the headers every response gets, CORS, the Origin
-    # check, authentication, and the body limit nearest the routes.
+    # check, authentication, the rate per user, and the body limit nearest the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AuthMiddleware, auth=caller_auth)
+    if settings.rate_limit:
+        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit)
+    protected = ("/v1",) if settings.metrics_public else ("/v1", "/metrics")
+    app.add_middleware(AuthMiddleware, auth=caller_auth, protected=protected)
     app.add_middleware(OriginCheckMiddleware, allowed_origins=settings.cors_origins)
     if settings.cors_origins:
         app.add_middleware(

@@ -23,8 +23,11 @@ from tether.config import (
     DEFAULT_LEASE,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_INPUT_CHARS,
+    DEFAULT_MAX_QUEUED_RUNS,
     DEFAULT_MAX_RECOVERIES,
     DEFAULT_MAX_RUNS,
+    DEFAULT_MAX_STREAMS,
     DEFAULT_PORT,
     DEFAULT_REQUEST_LIMIT,
     DEFAULT_SHUTDOWN_GRACE,
@@ -157,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
         "seconds a connection may take to send a request's headers (after connecting, or after its last "
         "response) before it is closed",
     )
+    option("--max-input-chars", int, DEFAULT_MAX_INPUT_CHARS, "characters one message may have (413 beyond)")
+    option("--max-queued-runs", int, DEFAULT_MAX_QUEUED_RUNS, "runs one thread may have waiting behind its active one")
+    option("--max-streams", int, DEFAULT_MAX_STREAMS, "event streams one user may have open on this worker")
+    option("--rate-limit", int, 0, "requests one user may make per minute; 429 beyond (0: no limit)")
+    serve.add_argument(
+        "--metrics-public",
+        action="store_true",
+        default=os.environ.get("TETHER_METRICS_PUBLIC", "").lower() in ("1", "true", "yes"),
+        help="serve GET /metrics without authentication (for a scraper on a private network) [TETHER_METRICS_PUBLIC]",
+    )
     option(
         "--max-connections",
         int,
@@ -250,6 +263,11 @@ def serve_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
+        max_input_chars=args.max_input_chars,
+        max_queued_runs=args.max_queued_runs,
+        max_streams=args.max_streams,
+        rate_limit=args.rate_limit,
+        metrics_public=args.metrics_public,
     )
     problem = _check_numbers(settings)
     if problem:
@@ -351,8 +369,16 @@ def _check_numbers(settings: Settings) -> str | None:
         return f"--workers must be at least 1, got {settings.workers}"
     if settings.header_timeout <= 0:
         return f"--header-timeout must be more than 0 seconds, got {settings.header_timeout:g}"
-    if settings.max_connections < 1:
-        return f"--max-connections must be at least 1, got {settings.max_connections}"
+    for flag, value in (
+        ("--max-connections", settings.max_connections),
+        ("--max-input-chars", settings.max_input_chars),
+        ("--max-queued-runs", settings.max_queued_runs),
+        ("--max-streams", settings.max_streams),
+    ):
+        if value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if settings.rate_limit < 0:
+        return f"--rate-limit must be 0 (no limit) or more, got {settings.rate_limit}"
     return None
 
 

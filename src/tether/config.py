@@ -21,6 +21,9 @@ DEFAULT_MAX_RUNS = 100
 DEFAULT_OUTAGE_LIMIT = 60.0
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 2000
+DEFAULT_MAX_INPUT_CHARS = 100_000
+DEFAULT_MAX_QUEUED_RUNS = 20
+DEFAULT_MAX_STREAMS = 100
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,16 @@ class Settings:
     """Seconds a connection may take to send a request's headers before it is closed (`tether serve`)."""
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Open connections at once; past it, requests get 503 at once (`tether serve`)."""
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+    """Characters one message (a run's input or a steer) may have: 413 beyond."""
+    max_queued_runs: int = DEFAULT_MAX_QUEUED_RUNS
+    """Runs one thread may have waiting behind its active one: 429 beyond."""
+    max_streams: int = DEFAULT_MAX_STREAMS
+    """Streams one user may have open on one worker: 429 beyond."""
+    metrics_public: bool = False
+    """Serve GET /metrics without authentication (for a scraper on a private network)."""
+    rate_limit: int = 0
+    """Requests one user may make per minute (0: no limit): 429 with Retry-After beyond."""
 
     def __post_init__(self) -> None:
         # Paths may be given as strings (Settings(data_dir="/var/lib/tether")) by an app that embeds Tether.

@@ -34,3 +34,15 @@ class Conflict(TetherError):
 class Unavailable(TetherError):
     status = 503
     code = "unavailable"
+
+
+class TooLarge(TetherError):
+    status = 413
+    code = "too_large"
+
+
+class TooMany(TetherError):
+    """A limit on how much one user may have at once (queued runs, open streams) or per minute."""
+
+    status = 429
+    code = "too_many_requests"

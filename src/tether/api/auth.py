@@ -162,14 +162,16 @@ def _bearer(request: Request) -> bytes | None:
 
 
 class AuthMiddleware:
-    """Every /v1 route needs a caller: their id goes in the scope (`caller`), else 401."""
+    """Every route under `protected` (/v1, and /metrics unless it is public) needs a caller: their id
+    goes in the scope (`caller`), else 401."""
 
-    def __init__(self, app: ASGIApp, auth: Auth) -> None:
+    def __init__(self, app: ASGIApp, auth: Auth, protected: tuple[str, ...] = ("/v1",)) -> None:
         self.app = app
         self.auth = auth
+        self.protected = protected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not route_path(scope).startswith("/v1"):
+        if scope["type"] != "http" or not route_path(scope).startswith(self.protected):
             await self.app(scope, receive, send)
             return
         try:

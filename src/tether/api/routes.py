@@ -6,6 +6,8 @@ import json
 import time
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tether import __version__
 from tether.api.auth import caller
@@ -78,6 +80,17 @@ async def healthz(request: Request, response: Response) -> Health:
         runs=eng.worker.executing,
         auth=request.app.state.auth.kind,
     )
+
+
+@health_router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
+)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Counters for Prometheus; behind the same auth as /v1 unless `--metrics-public`."""
+    return PlainTextResponse(await engine(request).metrics_exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/me", response_model=Me, tags=["users"])

@@ -52,6 +52,7 @@ class EventStreamResponse(Response):
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
+            self.follower.close()
         if pump.done() and not pump.cancelled() and pump.exception() is not None:
             raise pump.exception()  # type: ignore[misc]
         if closing.done() and not closing.cancelled() and not (pump.done() and not pump.cancelled()):

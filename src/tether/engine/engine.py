@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -33,8 +33,9 @@ from tether.engine import collector
 from tether.engine.journal import Journal
 from tether.engine.streams import REPLAY_PAGE, Follower
 from tether.engine.worker import Worker
-from tether.errors import BadRequest, Conflict, NotFound, Unavailable
+from tether.errors import BadRequest, Conflict, NotFound, TooLarge, TooMany, Unavailable
 from tether.events import feed_notice
+from tether.metrics import Metrics
 from tether.store import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -61,12 +62,28 @@ class Engine:
         self.agents = agents
         self.settings = settings
         self.worker_id = settings.worker_id or new_worker_id()
+        self.metrics = Metrics()
         self.journal = Journal(
-            store, bus, settings.commit_interval, outage_limit=settings.outage_limit, on_lease_lost=self._lease_lost
+            store,
+            bus,
+            settings.commit_interval,
+            outage_limit=settings.outage_limit,
+            on_lease_lost=self._lease_lost,
+            metrics=self.metrics,
         )
         self.worker = Worker(
-            self.worker_id, store, self.journal, bus, agents, settings, self._after_run, named_users=named_users
+            self.worker_id,
+            store,
+            self.journal,
+            bus,
+            agents,
+            settings,
+            self._after_run,
+            named_users=named_users,
+            metrics=self.metrics,
         )
+        self._streams: Counter[str] = Counter()
+        """Open streams per user, on this worker."""
         self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         """Serialise one process's requests per thread; across workers the store's transactions decide."""
         self._accepting = False
@@ -194,6 +211,7 @@ class Engine:
         """Queue a run with the user's message; `multitask` says what to do if one is active (invariant 5).
         A worker with room (this one, if it has) claims it at once."""
         self._check_accepting()
+        self._check_input(user_input)
         if model is not None:
             _check_model(model)
         if multitask == "steer":
@@ -201,8 +219,16 @@ class Engine:
             return run
         await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
+            active_runs = await self.active_runs(thread_id)
+            queued = sum(r.status == "queued" for r in active_runs)
+            if multitask == "enqueue" and queued >= self.settings.max_queued_runs:
+                raise TooMany(
+                    f"thread {thread_id!r} already has {queued} runs waiting (--max-queued-runs); wait for them "
+                    "or cancel some",
+                    code="too_many_queued",
+                )
             if multitask == "interrupt":
-                for active in await self.active_runs(thread_id):
+                for active in active_runs:
                     if active.status != "queued":
                         await self._cancel(active, "interrupted by a new message", discard_partial=True)
             run = await self._create_run(thread_id, user_input, multitask, model, unless_active=multitask == "reject")
@@ -241,6 +267,14 @@ class Engine:
         await self.journal.commit()
         return run
 
+    def _check_input(self, user_input: str) -> None:
+        limit = self.settings.max_input_chars
+        if len(user_input) > limit:
+            raise TooLarge(
+                f"the message has {len(user_input)} characters; at most {limit} are taken (--max-input-chars)",
+                code="input_too_long",
+            )
+
     def _check_accepting(self) -> None:
         """Refuse a request that would write, at once and before it writes anything, while the server
         shuts down or its commits are failing (they are retried meanwhile: a request must not wait
@@ -256,6 +290,7 @@ class Engine:
         Returns the run that will carry the message and how: "inbox" (the active run's) or "new_run".
         """
         self._check_accepting()
+        self._check_input(user_input)
         await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
             for _ in range(5):  # the active run may end meanwhile: then look again
@@ -425,28 +460,22 @@ class Engine:
     async def follow_thread(self, thread_id: str, user: str, after: int) -> Follower:
         await self.get_thread(thread_id, user)
         await self._check_after(after, await self.store.last_seq(thread_id))
-        return Follower(
-            bus=self.bus,
+        return self._follower(
+            user,
+            after,
             channel=thread_channel(thread_id),
             read=lambda after_, limit: self.store.read_events(thread_id, after_, limit),
             over=lambda: self._is_gone(thread_id),
-            after=after,
-            buffer=self.settings.stream_buffer,
-            keepalive=self.settings.keepalive_seconds,
-            closing=self.closing,
         )
 
     async def follow_run(self, run_id: str, user: str, after: int) -> Follower:
         run = await self.get_run(run_id, user)
         await self._check_after(after, await self.store.last_seq(run.thread_id))
-        return Follower(
-            bus=self.bus,
+        return self._follower(
+            user,
+            after,
             channel=thread_channel(run.thread_id),
             read=lambda after_, limit: self.store.read_events(run.thread_id, after_, limit, run_id=run_id),
-            after=after,
-            buffer=self.settings.stream_buffer,
-            keepalive=self.settings.keepalive_seconds,
-            closing=self.closing,
             keep=lambda event: event.run_id == run_id,
             over=lambda: self._has_ended(run_id),
             ends=lambda event: event.run_id == run_id and _ends_run(event),
@@ -455,16 +484,47 @@ class Engine:
     async def follow_feed(self, user: str, after: int) -> Follower:
         """The feed of the user's threads (its seq is every user's: ids skip other users' items)."""
         await self._check_after(after, await self.store.last_feed_seq())
+        return self._follower(
+            user, after, channel=FEED_CHANNEL, read=self.store.read_feed, keep=lambda item: item.user_id == user
+        )
+
+    def _follower(self, user: str, after: int, **follow: Any) -> Follower:
+        """A follower that counts against the user's open streams (--max-streams) until its response ends."""
+        if self._streams[user] >= self.settings.max_streams:
+            raise TooMany(
+                f"you have {self._streams[user]} streams open on this server (--max-streams); close some",
+                code="too_many_streams",
+            )
+        self._streams[user] += 1
+        self.metrics.open_streams.inc()
+
+        def closed(follower: Follower) -> None:
+            self._streams[user] -= 1
+            if not self._streams[user]:
+                del self._streams[user]
+            self.metrics.open_streams.dec()
+            if follower.cut_off.is_set():
+                self.metrics.cut_off.inc()
+
         return Follower(
             bus=self.bus,
-            channel=FEED_CHANNEL,
-            read=self.store.read_feed,
             after=after,
             buffer=self.settings.stream_buffer,
             keepalive=self.settings.keepalive_seconds,
             closing=self.closing,
-            keep=lambda item: item.user_id == user,
+            on_close=closed,
+            **follow,
         )
+
+    async def metrics_exposition(self) -> bytes:
+        """The metrics, with what is a state of the whole deployment (active runs, approvals waiting)
+        read from the store now."""
+        runs = await self.store.runs_with_status(ACTIVE_STATUSES)
+        for status in ACTIVE_STATUSES:
+            self.metrics.active_runs.labels(status).set(sum(r.status == status for r in runs))
+        paused = [r for r in runs if r.status == "awaiting_approval"]
+        self.metrics.approvals_waiting.set(sum(len(r.pending_approvals or []) - len(r.decisions or {}) for r in paused))
+        return self.metrics.exposition()
 
     async def last_feed_seq(self) -> int:
         return await self.store.last_feed_seq()

@@ -29,6 +29,7 @@ from typing import Any
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.events import Event, FeedItem, feed_notice
 from tether.faults import crash_point
+from tether.metrics import Metrics
 from tether.store import (
     TERMINAL_STATUSES,
     Checkpoint,
@@ -66,8 +67,10 @@ class Journal:
         *,
         outage_limit: float = 60.0,
         on_lease_lost: Callable[[list[str]], None] = lambda run_ids: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
         self._bus = bus
         self._outage_limit = outage_limit
         self.outage: str | None = None
@@ -232,6 +235,7 @@ class Journal:
                 _resolve(waiters, None)
                 continue
             self._writing = True
+            began = time.perf_counter()
             try:
                 feed = await self._write(batch)
             except Exception as exc:
@@ -245,6 +249,9 @@ class Journal:
                 continue
             finally:
                 self._writing = False
+            self._metrics.commit_seconds.observe(time.perf_counter() - began)
+            self._metrics.commit_events.observe(len(batch.events))
+            self._metrics.events_written.inc(len(batch.events))
             if batch.checkpoints:
                 crash_point("checkpoint_committed")
             self._publish(batch, feed)

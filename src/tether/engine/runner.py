@@ -131,6 +131,8 @@ class RunExecution:
         self._checkpointed: list[bytes] = []
         """The messages of the thread's latest checkpoint: what the next one is stored as a delta of."""
         self.status: RunStatus | Literal["abandoned"] = "running"
+        self.elapsed = 0.0
+        """How long the execution took, once it has ended."""
 
     # called by the engine while the run executes
 
@@ -220,7 +222,7 @@ class RunExecution:
         except Exception as exc:
             log.exception("run %s crashed inside Tether", run.id)
             await self._record_crash(exc)
-        elapsed = time.monotonic() - started
+        elapsed = self.elapsed = time.monotonic() - started
         if self.status == "failed":
             log.warning("run %s failed after %.2fs: %s", run.id, elapsed, run.error)
         elif self.status == "awaiting_approval":

@@ -46,6 +46,7 @@ class Follower:
         keep: Callable[[Any], bool] = lambda item: True,
         ends: Callable[[Any], bool] = lambda item: False,
         over: Callable[[], Awaitable[bool]] | None = None,
+        on_close: Callable[[Follower], None] | None = None,
     ) -> None:
         self._bus = bus
         self._channel = channel
@@ -67,6 +68,13 @@ class Follower:
         self.cut_off = asyncio.Event()
         """Set when the client fell too far behind the live tail; the response must close."""
         self._live = False
+        self._on_close = on_close
+
+    def close(self) -> None:
+        """The response that sent this stream is done (once, however it ended)."""
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
 
     async def batches(self) -> AsyncIterator[list[Any]]:
         """Batches of items in sequence order; an empty batch means "nothing new, send a keep-alive"."""

@@ -25,6 +25,7 @@ from tether.bus import Bus
 from tether.config import Settings
 from tether.engine.journal import Journal
 from tether.engine.runner import RunExecution, cancel_paused_run
+from tether.metrics import Metrics
 from tether.store import Claim, InboxItem, Lease, Run, Store
 from tether.store.db import StoreUnavailable
 
@@ -43,6 +44,7 @@ class Worker:
         after_run: Callable[[Run], Awaitable[None]],
         *,
         named_users: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = worker_id
         self._store = store
@@ -50,6 +52,7 @@ class Worker:
         self._bus = bus
         self._agents = agents
         self._named_users = named_users
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._after_run = after_run
         """Called once a run's execution has ended (the engine carries late steering over)."""
@@ -208,6 +211,7 @@ class Worker:
         self._journal.hold(lease)
         self._journal.forget_thread(run.thread_id)  # the last writer may have been another worker
         if claim.mode == "takeover":
+            self._metrics.recoveries.inc()
             log.info("run %s: taken over (worker %s stopped renewing its lease)", run.id, claim.previous_worker or "?")
         if claim.mode == "takeover" and run.recoveries >= settings.max_recoveries:
             await self._journal.open_thread(run.thread_id)
@@ -235,6 +239,8 @@ class Worker:
         task.add_done_callback(lambda done: self._run_done(run, runner, done))
 
     def _run_done(self, run: Run, runner: RunExecution, task: asyncio.Task[None]) -> None:
+        self._metrics.runs_ended.labels("handed_over" if runner.status == "running" else runner.status).inc()
+        self._metrics.run_seconds.observe(runner.elapsed)
         found = self._executions.get(run.id)
         if found is not None and found[1] is task:
             del self._executions[run.id]

@@ -61,6 +61,9 @@ class TranslatedStream:
     def last_seq(self) -> int:
         return self._follower.last_seq
 
+    def close(self) -> None:
+        self._follower.close()
+
     async def batches(self) -> AsyncIterator[list[Frame]]:
         async for batch in self._follower.batches():
             if not batch:
