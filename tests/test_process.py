@@ -654,3 +654,57 @@ def test_a_flood_of_one_log_line_is_summarised():
     time.sleep(0.25)
     assert log("Exceeded concurrency limit.")
     assert records[-1] == "Exceeded concurrency limit. (and 95 more like it in the last 0.2s)"
+
+
+async def test_json_logs_name_the_run_each_line_is_about(tether_process):
+    server = tether_process("--log-format", "json").start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        tid = (await http.post("/v1/threads")).json()["id"]
+        rid = (await http.post(f"/v1/threads/{tid}/runs", json={"input": "/fail"})).json()["run_id"]
+        await read_run(http, rid)
+    server.stop()
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    about_run = [line for line in lines if line.get("run_id") == rid]
+    assert {line["thread_id"] for line in about_run} == {tid}
+    assert any(line["level"] == "warning" and "failed" in line["message"] for line in about_run), about_run
+    # Not a line of the log is anything else (the two lines the CLI prints for people aside).
+    others = [line for line in server.log().splitlines() if line and not line.startswith("{")]
+    assert all(line.startswith(("Tether ", "Tether is ready")) for line in others), others
+
+
+def _spans(log: str) -> list[dict[str, Any]]:
+    """The spans OpenTelemetry's console exporter printed (indented JSON objects)."""
+    spans, lines = [], log.splitlines()
+    for start, line in enumerate(lines):
+        if line == "{":
+            end = lines.index("}", start)
+            spans.append(json.loads("\n".join(lines[start : end + 1])))
+    return spans
+
+
+async def test_traces_have_a_span_per_run_with_pydantic_ais_spans_beneath(tether_process):
+    server = tether_process(env={"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "tether-test"}).start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        tid = (await http.post("/v1/threads")).json()["id"]
+        rid = (await http.post(f"/v1/threads/{tid}/runs", json={"input": "/tools 2"})).json()["run_id"]
+        await read_run(http, rid)
+    assert server.stop() == 0  # a graceful stop exports what is buffered
+    spans = _spans(server.log())
+    (run_span,) = [s for s in spans if s["name"] == "tether run"]
+    attributes = run_span["attributes"]
+    assert (attributes["tether.thread_id"], attributes["tether.run_id"]) == (tid, rid)
+    assert (attributes["tether.agent"], attributes["tether.status"]) == ("demo", "completed")
+    assert run_span["resource"]["attributes"]["service.name"] == "tether-test"
+    beneath = [s for s in spans if s["parent_id"] == run_span["context"]["span_id"]]
+    assert beneath, [s["name"] for s in spans]
+    trace_id = run_span["context"]["trace_id"]
+    tools = [s for s in spans if s["context"]["trace_id"] == trace_id and "sleep" in s["name"]]
+    assert len(tools) == 2, [s["name"] for s in spans]  # pydantic-ai's span of each tool call, in the run's trace
+
+
+async def test_traces_asked_for_with_an_unknown_exporter_stop_the_server(tmp_path):
+    code, out, err = await cli(
+        "serve", "--port", "0", "--data-dir", str(tmp_path / "d"), env={"OTEL_TRACES_EXPORTER": "zipkin"}
+    )
+    assert code == 2 and "OTEL_TRACES_EXPORTER='zipkin'" in err and "Traceback" not in err

@@ -32,6 +32,7 @@ from tether.bus.memory import MemoryBus
 from tether.config import Settings, new_worker_id
 from tether.engine import Engine
 from tether.store import Store
+from tether.tracing import configure_tracing
 
 
 class ConfigError(ValueError):
@@ -61,7 +62,17 @@ def create_app(
     if settings.model is not None:
         check_model(settings.model)
     caller_auth = custom_auth(auth) if auth is not None else auth_of(settings)
-    engine = Engine(open_store(settings), open_bus(settings), served, settings, named_users=caller_auth.names_users)
+    tracing = configure_tracing()
+    if tracing is not None:
+        served.instrument(tracing)
+    engine = Engine(
+        open_store(settings),
+        open_bus(settings),
+        served,
+        settings,
+        named_users=caller_auth.names_users,
+        tracer_provider=tracing,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

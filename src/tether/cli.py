@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "https://app.example.com); any other page may not change anything",
     )
     option("--log-level", str, "info", "log verbosity", choices=["debug", "info", "warning", "error"])
+    option("--log-format", str, "text", "text for people, or json: one object per line", choices=["text", "json"])
     option(
         "--header-timeout",
         float,
@@ -298,8 +299,9 @@ def serve_command(args: argparse.Namespace) -> int:
     from tether.server import HeaderTimeoutProtocol, TetherServer, configure_logging, raise_file_limit
     from tether.store.db import StoreCorrupt, StoreUnavailable
     from tether.store.sqlite import DataDirInUse
+    from tether.tracing import TracingUnavailable
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, args.log_format)
     files = raise_file_limit()
     if settings.max_connections + 50 > files:
         print(
@@ -319,6 +321,7 @@ def serve_command(args: argparse.Namespace) -> int:
         StoreCorrupt,
         StoreUnavailable,
         RedisUnavailable,
+        TracingUnavailable,
     ) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tether.logs import JSONFormatter, RunContext
+
 if TYPE_CHECKING:
     from tether.engine import Engine
 
@@ -138,12 +140,21 @@ class _DropCutOffNoise(logging.Filter):
         return record.getMessage() != "ASGI callable returned without completing response."
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(SummariseFloods())
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Everything to stderr: text for people (with the run a line is about), or one JSON object per line."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(_TextWithRun("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RunContext())
+    handler.addFilter(SummariseFloods())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("uvicorn.error").addFilter(_DropCutOffNoise())
+
+
+class _TextWithRun(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        run_id = getattr(record, "run_id", None)
+        return f"{line} [{run_id}]" if run_id and run_id not in record.getMessage() else line

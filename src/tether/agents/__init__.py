@@ -150,6 +150,15 @@ class Agents:
         if stack is not None:
             await stack.aclose()
 
+    def instrument(self, tracer_provider: Any) -> None:
+        """Have pydantic-ai trace these agents' model requests and tool calls into `tracer_provider`
+        (an agent instrumented by its own code keeps its settings)."""
+        from pydantic_ai.models.instrumented import InstrumentationSettings
+
+        for served in self.served.values():
+            if served.agent.instrument is None:
+                served.agent.instrument = InstrumentationSettings(tracer_provider=tracer_provider)
+
     def describe(self, model_override: str | None) -> list[dict[str, Any]]:
         """What `GET /v1/agents` shows of each agent."""
         return [

@@ -47,6 +47,7 @@ from tether.store import (
     Store,
     Thread,
 )
+from tether.tracing import tracer_of
 
 log = logging.getLogger("tether.engine")
 
@@ -55,7 +56,14 @@ Multitask = Literal["reject", "enqueue", "steer", "interrupt"]
 
 class Engine:
     def __init__(
-        self, store: Store, bus: Bus, agents: Agents, settings: Settings, *, named_users: bool = False
+        self,
+        store: Store,
+        bus: Bus,
+        agents: Agents,
+        settings: Settings,
+        *,
+        named_users: bool = False,
+        tracer_provider: Any | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -63,6 +71,7 @@ class Engine:
         self.settings = settings
         self.worker_id = settings.worker_id or new_worker_id()
         self.metrics = Metrics()
+        self._tracer_provider = tracer_provider
         self.journal = Journal(
             store,
             bus,
@@ -81,6 +90,7 @@ class Engine:
             self._after_run,
             named_users=named_users,
             metrics=self.metrics,
+            tracer=tracer_of(tracer_provider),
         )
         self._streams: Counter[str] = Counter()
         """Open streams per user, on this worker."""
@@ -116,6 +126,8 @@ class Engine:
         self.begin_shutdown()
         await self.worker.stop(self.settings.shutdown_grace)
         await self.agents.stop()
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()  # exports what is still buffered
         await self.journal.stop()
         await self.bus.close()
         await self.store.close()

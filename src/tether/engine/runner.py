@@ -16,6 +16,8 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 from ag_ui.core import BaseEvent, RunErrorEvent, RunFinishedEvent, RunStartedEvent
+from opentelemetry import trace
+from opentelemetry.trace import NoOpTracer, Tracer
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.capabilities import Hooks
 from pydantic_ai.exceptions import RunCancelled, UserError
@@ -48,6 +50,7 @@ from tether.engine.agui import (
 )
 from tether.engine.journal import Journal
 from tether.faults import crash_point
+from tether.logs import about_run
 from tether.store import (
     Checkpoint,
     CheckpointKind,
@@ -92,6 +95,7 @@ class RunExecution:
         *,
         model: str | None,
         named_users: bool = False,
+        tracer: Tracer | None = None,
         mode: Literal["start", "resume", "recover"] = "start",
         checkpoints: bool = True,
         request_limit: int | None = None,
@@ -100,6 +104,7 @@ class RunExecution:
         self.run = run
         self._agents = agents
         self._named_users = named_users
+        self._tracer = tracer or NoOpTracer()
         """Whether the server has users: else the deps factory is told `user=None`."""
         self._thread: Thread | None = None
         self._journal = journal
@@ -178,6 +183,14 @@ class RunExecution:
     # the execution
 
     async def execute(self) -> None:
+        run = self.run
+        attributes = {"tether.thread_id": run.thread_id, "tether.run_id": run.id, "tether.execution": self._mode}
+        span_of_run = self._tracer.start_as_current_span("tether run", attributes=attributes)
+        with about_run(run.thread_id, run.id), span_of_run as span:
+            await self._execute()
+            span.set_attribute("tether.status", self.status)
+
+    async def _execute(self) -> None:
         run, journal = self.run, self._journal
         started = time.monotonic()
         try:
@@ -447,6 +460,10 @@ class RunExecution:
             state=self._agents.state(name),
             execution=self._mode,
         )
+        span = trace.get_current_span()
+        span.set_attribute("tether.agent", name)
+        if info.user is not None:
+            span.set_attribute("tether.user", info.user)
         return self._agents.served[name], await self._agents.make_deps(info)
 
     async def _on_complete(self, result: AgentRunResult[Any]) -> AsyncIterator[BaseEvent]:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ag_ui.core import RunErrorEvent
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from tether import events
 from tether.agents import Agents
@@ -45,6 +46,7 @@ class Worker:
         *,
         named_users: bool = False,
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.id = worker_id
         self._store = store
@@ -53,6 +55,7 @@ class Worker:
         self._agents = agents
         self._named_users = named_users
         self._metrics = metrics or Metrics()
+        self._tracer = tracer or NoOpTracer()
         self._settings = settings
         self._after_run = after_run
         """Called once a run's execution has ended (the engine carries late steering over)."""
@@ -227,6 +230,7 @@ class Worker:
             self._store,
             model=settings.model,
             named_users=self._named_users,
+            tracer=self._tracer,
             mode="start" if claim.mode == "start" else "resume" if claim.mode == "resume" else "recover",
             checkpoints=settings.checkpoints,
             request_limit=settings.request_limit,
