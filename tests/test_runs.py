@@ -211,6 +211,37 @@ async def test_a_full_database_pauses_writes_and_loses_nothing(server):
         assert (await wait_for_status(client, ok["run_id"], {"completed", "failed"}))["status"] == "completed"
 
 
+@pytest.mark.sqlite_only  # a full SQLite file is the failure; PostgreSQL outages are tested in test_workers
+async def test_a_storage_failure_longer_than_the_outage_limit_leaves_no_stuck_run(start_server):
+    """Found: a failure longer than the retries left the run `running` with nothing executing and the
+    thread 409 for good. Now its worker's lease lapses and the run is taken over once the store takes
+    writes again: it ends (here: completes) and the thread is free."""
+    server = start_server(outage_limit=1, lease=2)
+    writer = server.engine.store.database._writer
+
+    def set_max_pages(extra: int) -> Callable[[sqlite3.Connection], None]:
+        def set_on(conn: sqlite3.Connection) -> None:
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            conn.execute(f"PRAGMA max_page_count = {pages + extra}")
+
+        return set_on
+
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        server.call(writer.call(set_max_pages(2)))
+        run = await client.send(thread["id"], "/stream 3000 ms=1")
+        await asyncio.sleep(4)  # past the outage limit: the run's commits give up
+        server.call(writer.call(set_max_pages(1_000_000)))
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed", "cancelled"}, within=90)
+        assert done["status"] in ("completed", "failed"), done
+        events = [e async for e in client.stream_run(run["run_id"])]
+        assert events[-1].data["type"] in ("RUN_FINISHED", "RUN_ERROR")
+        seqs = [e.seq for e in events]
+        assert seqs == sorted(set(seqs))
+        ok = await client.send(thread["id"], "/stream 2")
+        assert (await wait_for_status(client, ok["run_id"], {"completed", "failed"}))["status"] == "completed"
+
+
 async def test_deleting_a_thread_ends_its_streams(start_server):
     server = start_server(keepalive_seconds=0.2)
     async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url, timeout=10) as http:
