@@ -119,3 +119,22 @@ async def test_metrics_can_be_public(start_server):
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/metrics")).status_code == 200
         assert_error(await http.get("/v1/threads"), 401, "unauthorized")  # the API is not
+
+
+async def test_the_feed_keeps_its_last_notices_and_an_older_position_is_410(start_server):
+    server = start_server(feed_keep=3)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for _ in range(6):
+            assert (await http.post("/v1/threads")).status_code == 201
+        assert server.call(server.engine.store.trim_feed(3)) == 3  # what the minutely housekeeping does
+        error = assert_error(await http.get("/v1/events?after=1"), 410, "feed_expired")
+        assert "fresh snapshot" in error["message"]
+        async with http.stream("GET", "/v1/events?after=3") as resumed:  # right before the oldest kept
+            assert resumed.status_code == 200
+            ids = []
+            async for line in resumed.aiter_lines():
+                if line.startswith("id: "):
+                    ids.append(int(line[4:]))
+                if len(ids) == 3:
+                    break
+        assert ids == [4, 5, 6]

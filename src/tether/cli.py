@@ -18,6 +18,7 @@ import uvicorn
 
 from tether import __version__
 from tether.config import (
+    DEFAULT_FEED_KEEP,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_SECONDS,
     DEFAULT_LEASE,
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--max-input-chars", int, DEFAULT_MAX_INPUT_CHARS, "characters one message may have (413 beyond)")
     option("--max-queued-runs", int, DEFAULT_MAX_QUEUED_RUNS, "runs one thread may have waiting behind its active one")
     option("--max-streams", int, DEFAULT_MAX_STREAMS, "event streams one user may have open on this worker")
+    option("--feed-keep", int, DEFAULT_FEED_KEEP, "feed notices kept; older ones are deleted every minute")
     option("--rate-limit", int, 0, "requests one user may make per minute; 429 beyond (0: no limit)")
     serve.add_argument(
         "--metrics-public",
@@ -268,6 +270,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_queued_runs=args.max_queued_runs,
         max_streams=args.max_streams,
         rate_limit=args.rate_limit,
+        feed_keep=args.feed_keep,
         metrics_public=args.metrics_public,
     )
     problem = _check_numbers(settings)
@@ -377,6 +380,7 @@ def _check_numbers(settings: Settings) -> str | None:
         ("--max-input-chars", settings.max_input_chars),
         ("--max-queued-runs", settings.max_queued_runs),
         ("--max-streams", settings.max_streams),
+        ("--feed-keep", settings.feed_keep),
     ):
         if value < 1:
             return f"{flag} must be at least 1, got {value}"

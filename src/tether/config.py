@@ -24,6 +24,7 @@ DEFAULT_MAX_CONNECTIONS = 2000
 DEFAULT_MAX_INPUT_CHARS = 100_000
 DEFAULT_MAX_QUEUED_RUNS = 20
 DEFAULT_MAX_STREAMS = 100
+DEFAULT_FEED_KEEP = 100_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class Settings:
     """Runs one thread may have waiting behind its active one: 429 beyond."""
     max_streams: int = DEFAULT_MAX_STREAMS
     """Streams one user may have open on one worker: 429 beyond."""
+    feed_keep: int = DEFAULT_FEED_KEEP
+    """Feed notices kept (the oldest are deleted every minute); a feed resumed from before them is 410."""
     metrics_public: bool = False
     """Serve GET /metrics without authentication (for a scraper on a private network)."""
     rate_limit: int = 0

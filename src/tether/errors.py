@@ -36,6 +36,11 @@ class Unavailable(TetherError):
     code = "unavailable"
 
 
+class Gone(TetherError):
+    status = 410
+    code = "gone"
+
+
 class TooLarge(TetherError):
     status = 413
     code = "too_large"

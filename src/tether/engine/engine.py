@@ -33,7 +33,7 @@ from tether.engine import collector
 from tether.engine.journal import Journal
 from tether.engine.streams import REPLAY_PAGE, Follower
 from tether.engine.worker import Worker
-from tether.errors import BadRequest, Conflict, NotFound, TooLarge, TooMany, Unavailable
+from tether.errors import BadRequest, Conflict, Gone, NotFound, TooLarge, TooMany, Unavailable
 from tether.events import feed_notice
 from tether.metrics import Metrics
 from tether.store import (
@@ -92,6 +92,7 @@ class Engine:
             metrics=self.metrics,
             tracer=tracer_of(tracer_provider),
         )
+        self._housekeeping: asyncio.Task[None] | None = None
         self._streams: Counter[str] = Counter()
         """Open streams per user, on this worker."""
         self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -108,6 +109,7 @@ class Engine:
         self.bus.on_control(self._on_control)
         await self.journal.start()
         await self.agents.start()
+        self._housekeeping = asyncio.create_task(self._trim_feed_forever(), name="trim-feed")
         collector.settle_after_start_up()
         self._accepting = True
         await self.worker.start()
@@ -125,6 +127,8 @@ class Engine:
         """Give runs the grace period to reach a step boundary, hand them over, commit, close."""
         self.begin_shutdown()
         await self.worker.stop(self.settings.shutdown_grace)
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         await self.agents.stop()
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()  # exports what is still buffered
@@ -496,6 +500,12 @@ class Engine:
     async def follow_feed(self, user: str, after: int) -> Follower:
         """The feed of the user's threads (its seq is every user's: ids skip other users' items)."""
         await self._check_after(after, await self.store.last_feed_seq())
+        if after < await self.store.first_feed_seq() - 1:
+            raise Gone(
+                f"the feed no longer holds what came after {after} (it keeps the last {self.settings.feed_keep} "
+                "notices); connect without Last-Event-ID for a fresh snapshot",
+                code="feed_expired",
+            )
         return self._follower(
             user, after, channel=FEED_CHANNEL, read=self.store.read_feed, keep=lambda item: item.user_id == user
         )
@@ -527,6 +537,18 @@ class Engine:
             on_close=closed,
             **follow,
         )
+
+    async def _trim_feed_forever(self, every: float = 60.0) -> None:
+        """Keep the feed to its last --feed-keep notices (every worker may: deleting twice is harmless)."""
+        while True:
+            try:
+                removed = await self.store.trim_feed(self.settings.feed_keep)
+            except Unavailable as exc:
+                log.warning("could not trim the feed: %s", exc)
+            else:
+                if removed:
+                    log.info("trimmed %d old feed notices", removed)
+            await asyncio.sleep(every)
 
     async def metrics_exposition(self) -> bytes:
         """The metrics, with what is a state of the whole deployment (active runs, approvals waiting)

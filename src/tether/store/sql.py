@@ -380,6 +380,14 @@ class SQLStore:
         row = await self._one("SELECT seq FROM feed_head WHERE id = 1")
         return row[0] if row else 0
 
+    async def first_feed_seq(self) -> int:
+        row = await self._one("SELECT MIN(seq) FROM feed")
+        return row[0] if row and row[0] is not None else await self.last_feed_seq() + 1
+
+    async def trim_feed(self, keep: int) -> int:
+        sql = "DELETE FROM feed WHERE seq <= (SELECT seq FROM feed_head WHERE id = 1) - ?"
+        return await self._execute(sql, (keep,))
+
     async def read_feed(self, after: int, limit: int) -> list[FeedItem]:
         rows = await self.db.fetch(
             "SELECT seq, thread_id, run_id, data, user_id FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
