@@ -197,9 +197,9 @@ def start_server(tmp_path: Path, engines: Callable[[Path], dict[str, Any]]) -> I
     """A factory: start_server(token=..., max_body_bytes=...) → a running ServerThread."""
     started: list[ServerThread] = []
 
-    def start(**overrides: object) -> ServerThread:
-        data_dir = tmp_path / f"data{len(started)}"
-        settings = Settings(data_dir=data_dir, **{**engines(data_dir), **overrides})  # type: ignore[arg-type]
+    def start(**overrides: Any) -> ServerThread:
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
+        settings = Settings(data_dir=data_dir, **{**engines(data_dir), **overrides})
         server = ServerThread(settings).start()
         started.append(server)
         return server

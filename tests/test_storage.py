@@ -4,12 +4,17 @@ into an unlinked file; a garbage or damaged file stops the server at start, nami
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+import subprocess
 
 import httpx
 import pytest
 
+from tether.client import TetherClient
+
+from .conftest import IN_CI, wait_for_status
 from .test_bad_input import assert_error
 from .test_process import cli
 
@@ -62,3 +67,46 @@ async def test_a_damaged_database_stops_the_server_at_start(tmp_path):
     code, out, err = await cli("serve", "--port", "0", "--data-dir", str(data))
     assert code == 2, (out, err)
     assert str(path) in err and "not a usable Tether database" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs: a disk that really fills up (ENOSPC). CI runs as root; elsewhere, mounting may be
+    impossible, and only then does the test skip. Ask for it before the server, so that the server
+    stops before the disk goes."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True)
+    if done.returncode != 0:
+        message = f"cannot mount a tmpfs here: {done.stderr.decode().strip()}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_a_full_disk_is_a_503_that_says_so_and_writes_resume_once_there_is_room(small_disk, start_server):
+    server = start_server(data_dir=small_disk / "data")
+    filler = small_disk / "filler"
+    async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        thread = await client.create_thread()
+        used = sum(f.stat().st_size for f in small_disk.rglob("*") if f.is_file())
+        filler.write_bytes(b"\0" * (16 * 2**20 - used - 300_000))  # leave the run 300 KB
+        run = await client.send(thread["id"], "/stream 8000")
+        refused = None
+        for _ in range(100):  # the run fills what is left; then writes fail
+            response = await http.post("/v1/threads", json={"title": "while full"})
+            if response.status_code == 503:
+                refused = response.json()["error"]
+                break
+            await asyncio.sleep(0.1)
+        assert refused is not None and "full" in refused["message"], refused
+        assert (await http.get(f"/v1/threads/{thread['id']}")).status_code == 200  # reads go on
+        filler.unlink()  # room again, no restart
+        done = await wait_for_status(client, run["run_id"], {"completed", "failed"}, within=60)
+        assert done["status"] == "completed", done
+        events = [e async for e in client.stream_run(run["run_id"])]
+        assert [e.seq for e in events] == list(range(events[0].seq, events[0].seq + len(events)))
+        assert events[-1].data["type"] == "RUN_FINISHED"
+        assert (await http.post("/v1/threads", json={"title": "after"})).status_code == 201
