@@ -707,4 +707,4 @@ async def test_traces_asked_for_with_an_unknown_exporter_stop_the_server(tmp_pat
     code, out, err = await cli(
         "serve", "--port", "0", "--data-dir", str(tmp_path / "d"), env={"OTEL_TRACES_EXPORTER": "zipkin"}
     )
-    assert code == 2 and "OTEL_TRACES_EXPORTER='zipkin'" in err and "Traceback" not in err
+    assert code == 2 and "OTEL_TRACES_EXPORTER='zipkin'" in err and "Traceback" not in err and "ready" not in out

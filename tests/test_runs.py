@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from tether.client import TetherClient, TetherError
 from tether.transcript import comparable, fold
 
-from .conftest import wait_for_status
+from .conftest import ServerThread, wait_for_status
 
 
 async def read_run(client: TetherClient, run_id: str) -> list:
@@ -178,29 +177,30 @@ async def test_feed_shows_runs_start_and_finish(server):
     assert statuses[-3:] == ["queued", "running", "completed"]
 
 
+def room_left(server: ServerThread, pages: int) -> None:
+    """Let the server's SQLite file grow by `pages` pages at most: a real "database or disk is full"."""
+
+    def limit(conn: sqlite3.Connection) -> None:
+        (count,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count = {count + pages}")
+
+    server.call(server.engine.store.database._writer.call(limit))
+
+
 @pytest.mark.sqlite_only
 async def test_a_full_database_pauses_writes_and_loses_nothing(server):
     """A real SQLite failure (the database is full), not a mock. While it is full, a request that
     writes gets 503 saying so and the run's commits wait (up to --outage-limit); once there is room
     again the run goes on, no restart needed, and nothing it streamed is lost."""
-    writer = server.engine.store.database._writer
-
-    def set_max_pages(extra: int) -> Callable[[sqlite3.Connection], None]:
-        def set_on(conn: sqlite3.Connection) -> None:
-            (pages,) = conn.execute("PRAGMA page_count").fetchone()
-            conn.execute(f"PRAGMA max_page_count = {pages + extra}")
-
-        return set_on
-
     async with TetherClient(server.url) as client, httpx.AsyncClient(base_url=server.url) as http:
         thread = await client.create_thread()
-        server.call(writer.call(set_max_pages(2)))
+        room_left(server, 2)
         run = await client.send(thread["id"], "/stream 20000")
         await asyncio.sleep(0.5)  # the run fills the database and its writes fail
         refused = await http.post("/v1/threads", json={"title": "while full"})
         assert refused.status_code == 503 and "full" in refused.json()["error"]["message"], refused.text
         assert (await http.get(f"/v1/threads/{thread['id']}")).status_code == 200  # reads go on
-        server.call(writer.call(set_max_pages(1_000_000)))
+        room_left(server, 1_000_000)
         done = await wait_for_status(client, run["run_id"], {"failed", "completed"})
         assert done["status"] == "completed", done
         events = [e async for e in client.stream_run(run["run_id"])]
@@ -217,21 +217,12 @@ async def test_a_storage_failure_longer_than_the_outage_limit_leaves_no_stuck_ru
     thread 409 for good. Now its worker's lease lapses and the run is taken over once the store takes
     writes again: it ends (here: completes) and the thread is free."""
     server = start_server(outage_limit=1, lease=2)
-    writer = server.engine.store.database._writer
-
-    def set_max_pages(extra: int) -> Callable[[sqlite3.Connection], None]:
-        def set_on(conn: sqlite3.Connection) -> None:
-            (pages,) = conn.execute("PRAGMA page_count").fetchone()
-            conn.execute(f"PRAGMA max_page_count = {pages + extra}")
-
-        return set_on
-
     async with TetherClient(server.url) as client:
         thread = await client.create_thread()
-        server.call(writer.call(set_max_pages(2)))
+        room_left(server, 2)
         run = await client.send(thread["id"], "/stream 3000 ms=1")
         await asyncio.sleep(4)  # past the outage limit: the run's commits give up
-        server.call(writer.call(set_max_pages(1_000_000)))
+        room_left(server, 1_000_000)
         done = await wait_for_status(client, run["run_id"], {"completed", "failed", "cancelled"}, within=90)
         assert done["status"] in ("completed", "failed"), done
         events = [e async for e in client.stream_run(run["run_id"])]
