@@ -357,3 +357,17 @@ async def test_retry_says_again_what_steered_the_old_answer(server):
         stored = await assert_transcript_consistent(client, thread["id"])
     users = [m["content"] for m in stored["messages"] if m["role"] == "user"]
     assert users == ["/steps 3 ms=300", "and be brief"]
+
+
+async def test_after_a_cancelled_approval_the_next_one_asks_again(server):
+    """Found by the soak: the demo agent took the cancelled call's "not run" (stored in the same request
+    as the next message) for the new call's result, and answered without asking."""
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        first = await client.send(thread["id"], "/approve one")
+        await wait_for_status(client, first["run_id"], {"awaiting_approval"})
+        await client.cancel(first["run_id"])
+        second = await client.send(thread["id"], "/approve two")
+        paused = await wait_for_status(client, second["run_id"], {"awaiting_approval", "completed"})
+        assert paused["status"] == "awaiting_approval"
+        assert paused["pending_approvals"][0]["args"] == {"text": "two"}

@@ -60,10 +60,13 @@ def _current_turn(messages: list[ModelMessage]) -> _Turn:
     for message in reversed(messages):
         if not isinstance(message, ModelRequest):
             continue
-        prompts = [p for p in message.parts if isinstance(p, UserPromptPart)]
-        returns[:0] = [p for p in message.parts if isinstance(p, ToolReturnPart)]
+        prompts = [i for i, p in enumerate(message.parts) if isinstance(p, UserPromptPart)]
+        # In the request that holds the prompt, the returns before it answer the turn before (a
+        # cancelled approval's "not run", say): this turn's are the ones after it.
+        since = prompts[-1] + 1 if prompts else 0
+        returns[:0] = [p for p in message.parts[since:] if isinstance(p, ToolReturnPart)]
         if prompts:
-            content = prompts[-1].content
+            content = message.parts[prompts[-1]].content
             text = content if isinstance(content, str) else " ".join(str(c) for c in content)
             return _Turn(text.strip(), returns)
     return _Turn("", returns)
