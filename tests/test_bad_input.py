@@ -352,6 +352,28 @@ async def test_bad_last_event_id_and_after_are_400(server: ServerThread):
     await still_serves(server.url)
 
 
+# found by schemathesis (tests/test_fuzz.py)
+
+
+async def test_a_405_names_every_method_of_the_path(server: ServerThread):
+    """Found: a 405 named only the methods of the first route of its path (`PUT /v1/threads/{tid}` gave
+    `Allow: GET`, though PATCH and DELETE are served too)."""
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        tid = await new_thread(http)
+        for path, allowed in (
+            (f"/v1/threads/{tid}", "DELETE, GET, PATCH"),
+            ("/v1/threads", "GET, POST"),
+            (f"/v1/threads/{tid}/runs", "GET, POST"),
+            ("/v1/events", "GET"),
+            ("/healthz", "GET"),
+        ):
+            for method in ("PUT", "OPTIONS", "TRACE"):
+                response = await http.request(method, path)
+                assert_error(response, 405, "method_not_allowed")
+                assert response.headers["allow"] == allowed, (method, path)
+    await still_serves(server.url)
+
+
 # token
 
 

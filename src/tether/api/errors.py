@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.errors import TetherError
@@ -41,7 +42,23 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI's "error parsing the body": a JSON body that is not even UTF-8 text.
             return error_response(400, "invalid_json", f"the request body is not valid JSON: {exc.__cause__}")
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = exc.headers
+        allow = _path_methods(request) if exc.status_code == 405 else None
+        if allow is not None:
+            headers = {**(headers or {}), "Allow": allow}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+def _path_methods(request: Request) -> str | None:
+    """Every method the request's path is served with (Starlette's 405 names its first route's alone),
+    asked of each route as the router would; None if no route of this app serves the path."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    served = [
+        method
+        for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(served) or None
 
 
 def _describe(problem: dict) -> str:
