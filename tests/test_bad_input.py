@@ -16,6 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tether.app import create_app
+from tether.config import Settings
+
 from .conftest import ServerThread
 
 JSON = {"content-type": "application/json"}
@@ -372,6 +375,24 @@ async def test_a_405_names_every_method_of_the_path(server: ServerThread):
                 assert_error(response, 405, "method_not_allowed")
                 assert response.headers["allow"] == allowed, (method, path)
     await still_serves(server.url)
+
+
+@pytest.mark.sqlite_only  # the API's own answer: the same on every engine
+async def test_an_unexpected_failure_is_a_json_500(tmp_path):
+    """A failure no route expected is logged and answered as an error like any other, not as plain text."""
+    app = create_app(Settings(data_dir=tmp_path))
+
+    @app.get("/v1/broken")
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    server = ServerThread(app.state.settings, app=app).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            assert_error(await http.get("/v1/broken"), 500, "internal_error")
+        await still_serves(server.url)
+    finally:
+        server.stop()
 
 
 # token

@@ -33,6 +33,11 @@ def install_error_handlers(app: FastAPI) -> None:
         details = "; ".join(_describe(p) for p in problems)
         return error_response(422, "invalid_request", details or "the request does not match the schema")
 
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the exception's traceback after this answer.
+        return error_response(500, "internal_error", "the server failed to answer this request; see its log")
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
