@@ -24,6 +24,7 @@ from tether.api.auth import (
 from tether.api.edge import HostCheckMiddleware, OriginCheckMiddleware, SecurityHeadersMiddleware
 from tether.api.errors import BodyLimitMiddleware, install_error_handlers
 from tether.api.limits import RateLimitMiddleware
+from tether.api.openapi import describe
 from tether.api.protocols import ag_ui, ai_sdk
 from tether.api.routes import health_router, router
 from tether.api.ui import mount_ui
@@ -88,6 +89,8 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.state.auth = caller_auth
+    protected = ("/v1",) if settings.metrics_public else ("/v1", "/metrics")
+    describe(app, caller_auth, protected, served.served)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)
@@ -99,7 +102,6 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.rate_limit:
         app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit)
-    protected = ("/v1",) if settings.metrics_public else ("/v1", "/metrics")
     app.add_middleware(AuthMiddleware, auth=caller_auth, protected=protected)
     app.add_middleware(OriginCheckMiddleware, allowed_origins=settings.cors_origins)
     if settings.cors_origins:

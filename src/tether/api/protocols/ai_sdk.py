@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.api.auth import caller
-from tether.api.protocols.history import ClientIds, Incoming, check_client_id, joined, new_input
+from tether.api.protocols.history import CLIENT_ID_PATTERN, ClientIds, Incoming, check_client_id, joined, new_input
 from tether.api.protocols.streaming import Frame, ProtocolStreamResponse, TranslatedStream
 from tether.api.routes import ERRORS, SSE, engine
 from tether.engine import Engine
@@ -51,7 +51,7 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    id: str
+    id: str = Field(json_schema_extra={"pattern": CLIENT_ID_PATTERN}, description="The thread's id.")
     messages: list[UIMessageIn]
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
     message_id: str | None = Field(None, alias="messageId")

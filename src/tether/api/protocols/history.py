@@ -23,7 +23,9 @@ from tether.events import Event
 from tether.store import ClientMessage
 from tether.transcript import fold
 
-_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+CLIENT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+"""A thread or run id a protocol client chose (as a JSON Schema pattern, for the OpenAPI too)."""
+_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
 
 
 def check_client_id(value: str, field: str) -> str:
