@@ -90,7 +90,7 @@ def create_app(
     app.state.settings = settings
     app.state.auth = caller_auth
     protected = ("/v1",) if settings.metrics_public else ("/v1", "/metrics")
-    describe(app, caller_auth, protected, served.served)
+    describe(app, caller_auth, protected, served.served, rate_limited=bool(settings.rate_limit))
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)

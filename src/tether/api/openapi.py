@@ -11,10 +11,14 @@ from fastapi import FastAPI
 
 from tether.api.auth import Auth
 from tether.api.protocols.history import CLIENT_ID_PATTERN
+from tether.api.routes import ERROR_OUT, error
 
 
-def describe(app: FastAPI, auth: Auth, protected: tuple[str, ...], agents: Iterable[str]) -> None:
-    """Make the app's /openapi.json tell these facts too (`protected`: the paths that need a caller)."""
+def describe(
+    app: FastAPI, auth: Auth, protected: tuple[str, ...], agents: Iterable[str], *, rate_limited: bool
+) -> None:
+    """Make the app's /openapi.json tell these facts too (`protected`: the paths that need a caller;
+    `rate_limited`: whether `--rate-limit` is set)."""
     generate = app.openapi
     names = list(agents)
 
@@ -22,6 +26,8 @@ def describe(app: FastAPI, auth: Auth, protected: tuple[str, ...], agents: Itera
         if app.openapi_schema is None:
             schema = generate()  # FastAPI keeps it as app.openapi_schema: it is amended once, in place
             _authentication(schema, auth, protected)
+            if rate_limited:
+                _rate_limit(schema, protected)
             _agents(schema, names)
             _tags_required(schema)
             _client_ids(schema)
@@ -41,7 +47,7 @@ def _authentication(schema: dict[str, Any], auth: Auth, protected: tuple[str, ..
         if bearer
         else "The `--auth` function found no caller (`unauthorized`).",
         "headers": {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}},
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+        "content": {"application/json": {"schema": {"$ref": ERROR_OUT}}},
     }
     if bearer:
         schema["components"].setdefault("securitySchemes", {})["bearer"] = {
@@ -55,6 +61,17 @@ def _authentication(schema: dict[str, Any], auth: Auth, protected: tuple[str, ..
                 operation["responses"]["401"] = unauthorized
                 if bearer:
                     operation["security"] = [{"bearer": []}]
+
+
+def _rate_limit(schema: dict[str, Any], protected: tuple[str, ...]) -> None:
+    """With `--rate-limit` every operation that has a caller answers 429 past the caller's rate."""
+    rate = "More requests a minute than `--rate-limit` (`rate_limited`; `Retry-After` says when to try again)."
+    for path, operations in schema["paths"].items():
+        if path.startswith(protected):
+            for operation in operations.values():
+                limits = operation["responses"].get("429")
+                described = rate if limits is None else f"{limits['description']} {rate}"
+                operation["responses"]["429"] = error(429) | {"description": described}
 
 
 def _agents(schema: dict[str, Any], names: list[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -34,8 +35,57 @@ from tether.engine import Engine
 from tether.errors import BadRequest
 from tether.store import Decision, Thread
 
-ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 404, 409, 413, 422, 503)}
-SSE = {200: {"content": {"text/event-stream": {}}, "description": "Server-sent events; `id:` is the seq."}}
+WHEN = {
+    400: "Input the server cannot use: a body that is not JSON, or a value it does not know (the code says which).",
+    403: "Sent by a web page of another origin (`cross_origin`).",
+    404: "No such thread or run, or another user's (`not_found`).",
+    409: "The thread, run or log is not in a state that allows this now (the code says why).",
+    410: "The feed no longer holds what came after that id (`feed_expired`): connect without one.",
+    413: "The body is larger than `--max-body-bytes` (`body_too_large`).",
+    421: "A Host name this server is not known by (`misdirected_request`).",
+    422: "The request does not match its schema; the message names the field (`invalid_request`).",
+    429: "Over a limit of the caller's: runs queued on the thread, or streams open (the code says which).",
+    503: "The server is shutting down, or its store cannot be used right now (`unavailable`).",
+}
+"""What each error status of the API means, as its OpenAPI says."""
+EVERY = (413, 421, 422, 503)
+"""What every /v1 route can answer: the edge's body limit and Host check, a bad parameter, a store that
+is down. The 401 is documented by `tether.api.openapi`, as the server authenticates."""
+ERRORS = {status: {"model": ErrorOut, "description": WHEN[status]} for status in EVERY}
+"""The router's default, for a route that names no errors of its own; it also puts ErrorOut in the
+components that `error` refers to."""
+ERROR_OUT = "#/components/schemas/ErrorOut"
+
+
+def error(status: int) -> dict[str, Any]:
+    """One error answer as OpenAPI: `{error: {code, message}}` as JSON. Spelled out, not given as a
+    `model`: FastAPI documents a model in the route's own media type, an event stream's on a stream."""
+    return {"description": WHEN[status], "content": {"application/json": {"schema": {"$ref": ERROR_OUT}}}}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A /v1 route's error answers: these, and those of every route."""
+    return {status: error(status) for status in sorted({*statuses, *EVERY})}
+
+
+def resume_schema(schema: dict[str, Any]) -> None:
+    """Document a resume point as the streams take it: a seq in digits (empty: from the start). Not as
+    FastAPI would, `string | null`: a header or query value is never null, and not every string works."""
+    schema.pop("anyOf", None)
+    schema.update(type="string", pattern="^[0-9]{0,19}$")
+
+
+def event_stream(description: str, data: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """A 200 that is an event stream (not JSON): each event an optional `id:` (a seq) and a `data:` line
+    as `data` says."""
+    seq = {"type": "string", "pattern": "^[0-9]+$"}
+    event = {"type": "object", "required": ["data"], "properties": {"id": seq, "data": data}}
+    return {200: {"description": description, "content": {"text/event-stream": {"schema": event}}}}
+
+
+JSON_EVENT = {"type": "string", "contentMediaType": "application/json", "contentSchema": {"type": "object"}}
+"""An event's `data:` line: a JSON object (an AG-UI event, a feed notice)."""
+SSE = event_stream("Server-sent events: `id:` is the event's seq, `data:` the event as JSON.", JSON_EVENT)
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 health_router = APIRouter()
@@ -63,7 +113,16 @@ def resume_point(last_event_id: str | None, after: str | None) -> int:
     return int(raw)
 
 
-@health_router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+@health_router.get(
+    "/healthz",
+    response_model=Health,
+    tags=["health"],
+    responses={
+        413: error(413),
+        421: error(421),
+        503: {"model": Health, "description": "The store cannot be trusted with writes (see `problem`)."},
+    },
+)
 async def healthz(request: Request, response: Response) -> Health:
     """200 while the server can do its work; 503 when its store cannot be trusted with writes."""
     eng = engine(request)
@@ -86,7 +145,10 @@ async def healthz(request: Request, response: Response) -> Health:
     "/metrics",
     tags=["health"],
     response_class=PlainTextResponse,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."},
+        **{status: error(status) for status in (413, 421, 503)},
+    },
 )
 async def metrics(request: Request) -> PlainTextResponse:
     """Counters for Prometheus; behind the same auth as /v1 unless `--metrics-public`."""
@@ -107,7 +169,7 @@ async def list_agents(request: Request) -> AgentList:
     return AgentList.model_validate({"agents": eng.agents.describe(eng.settings.model), "default": eng.agents.default})
 
 
-@router.post("/threads", status_code=201, response_model=ThreadOut, tags=["threads"])
+@router.post("/threads", status_code=201, response_model=ThreadOut, tags=["threads"], responses=errors(400, 403))
 async def create_thread(request: Request, body: CreateThread | None = Body(default=None)) -> ThreadOut:
     body = body or CreateThread()
     thread = await engine(request).create_thread(caller(request), body.title, body.metadata, body.agent)
@@ -125,7 +187,7 @@ async def list_threads(
     return ThreadList(threads=[thread_out(request, t) for t in threads])
 
 
-@router.get("/threads/{thread_id}", response_model=ThreadDetail, tags=["threads"])
+@router.get("/threads/{thread_id}", response_model=ThreadDetail, tags=["threads"], responses=errors(404))
 async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
     eng = engine(request)
     thread = await eng.get_thread(thread_id, caller(request))
@@ -142,18 +204,24 @@ async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
     )
 
 
-@router.patch("/threads/{thread_id}", response_model=ThreadOut, tags=["threads"])
+@router.patch("/threads/{thread_id}", response_model=ThreadOut, tags=["threads"], responses=errors(400, 403, 404))
 async def update_thread(request: Request, thread_id: str, body: UpdateThread) -> ThreadOut:
     return thread_out(request, await engine(request).rename_thread(thread_id, caller(request), body.title))
 
 
-@router.delete("/threads/{thread_id}", status_code=204, tags=["threads"])
+@router.delete("/threads/{thread_id}", status_code=204, tags=["threads"], responses=errors(403, 404))
 async def delete_thread(request: Request, thread_id: str) -> Response:
     await engine(request).delete_thread(thread_id, caller(request))
     return Response(status_code=204)
 
 
-@router.post("/threads/{thread_id}/runs", status_code=202, response_model=RunAccepted, tags=["runs"])
+@router.post(
+    "/threads/{thread_id}/runs",
+    status_code=202,
+    response_model=RunAccepted,
+    tags=["runs"],
+    responses=errors(400, 403, 404, 409, 429),
+)
 async def create_run(request: Request, thread_id: str, body: CreateRun) -> RunAccepted:
     """Answer a message in the background. The events follow on the thread's and the run's streams."""
     if body.multitask == "steer":
@@ -163,69 +231,109 @@ async def create_run(request: Request, thread_id: str, body: CreateRun) -> RunAc
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
 
 
-@router.post("/threads/{thread_id}/steer", status_code=202, response_model=RunAccepted, tags=["runs"])
+@router.post(
+    "/threads/{thread_id}/steer",
+    status_code=202,
+    response_model=RunAccepted,
+    tags=["runs"],
+    responses=errors(400, 403, 404, 409),
+)
 async def steer(request: Request, thread_id: str, body: SteerRequest) -> RunAccepted:
     """Give the active run a message at its next step boundary; if the thread is idle, start a run."""
     run, delivery = await engine(request).steer(thread_id, caller(request), body.input)
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status, delivery=delivery)
 
 
-@router.post("/threads/{thread_id}/retry", status_code=202, response_model=RunAccepted, tags=["runs"])
+@router.post(
+    "/threads/{thread_id}/retry",
+    status_code=202,
+    response_model=RunAccepted,
+    tags=["runs"],
+    responses=errors(403, 404, 409),
+)
 async def retry(request: Request, thread_id: str) -> RunAccepted:
     """Re-answer the last user message from the history before it (the old answer stays in the log)."""
     run = await engine(request).retry(thread_id, caller(request))
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
 
 
-@router.get("/threads/{thread_id}/runs", response_model=RunList, tags=["runs"])
+@router.get("/threads/{thread_id}/runs", response_model=RunList, tags=["runs"], responses=errors(404))
 async def list_runs(request: Request, thread_id: str) -> RunList:
     return RunList(runs=[RunOut.of(r) for r in await engine(request).list_runs(thread_id, caller(request))])
 
 
-@router.get("/threads/{thread_id}/stream", responses=SSE, tags=["streams"])
+@router.get(
+    "/threads/{thread_id}/stream",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses={**SSE, **errors(400, 404, 429)},
+    tags=["streams"],
+)
 async def stream_thread(
     request: Request,
     thread_id: str,
-    last_event_id: str | None = Header(None),
-    after: str | None = Query(None, description="Resume after this seq (Last-Event-ID wins if both are set)."),
+    last_event_id: str | None = Header(None, json_schema_extra=resume_schema),
+    after: str | None = Query(
+        None, json_schema_extra=resume_schema, description="Resume after this seq (Last-Event-ID wins if both are set)."
+    ),
 ) -> EventStreamResponse:
     follower = await engine(request).follow_thread(thread_id, caller(request), resume_point(last_event_id, after))
     return EventStreamResponse(follower, f"thread {thread_id} stream")
 
 
-@router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"])
+@router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"], responses=errors(404))
 async def get_run(request: Request, run_id: str) -> RunOut:
     return RunOut.of(await engine(request).get_run(run_id, caller(request)))
 
 
-@router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunOut, tags=["runs"])
+@router.post(
+    "/runs/{run_id}/cancel", status_code=202, response_model=RunOut, tags=["runs"], responses=errors(403, 404, 409)
+)
 async def cancel_run(request: Request, run_id: str) -> RunOut:
     return RunOut.of(await engine(request).cancel_run(run_id, caller(request)))
 
 
-@router.post("/runs/{run_id}/approvals", status_code=202, response_model=RunOut, tags=["runs"])
+@router.post(
+    "/runs/{run_id}/approvals",
+    status_code=202,
+    response_model=RunOut,
+    tags=["runs"],
+    responses=errors(400, 403, 404, 409),
+)
 async def decide(request: Request, run_id: str, body: ApprovalsRequest) -> RunOut:
     """Approve or deny pending tool calls; when all are decided, the run resumes in the background."""
     decisions = {call_id: Decision(**d.model_dump()) for call_id, d in body.decisions.items()}
     return RunOut.of(await engine(request).decide(run_id, caller(request), decisions))
 
 
-@router.get("/runs/{run_id}/stream", responses=SSE, tags=["streams"])
+@router.get(
+    "/runs/{run_id}/stream",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses={**SSE, **errors(400, 404, 429)},
+    tags=["streams"],
+)
 async def stream_run(
     request: Request,
     run_id: str,
-    last_event_id: str | None = Header(None),
-    after: str | None = Query(None),
+    last_event_id: str | None = Header(None, json_schema_extra=resume_schema),
+    after: str | None = Query(None, json_schema_extra=resume_schema),
 ) -> EventStreamResponse:
     follower = await engine(request).follow_run(run_id, caller(request), resume_point(last_event_id, after))
     return EventStreamResponse(follower, f"run {run_id} stream")
 
 
-@router.get("/events", responses=SSE, tags=["streams"])
+@router.get(
+    "/events",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses={**SSE, **errors(400, 410, 429)},
+    tags=["streams"],
+)
 async def stream_feed(
     request: Request,
-    last_event_id: str | None = Header(None),
-    after: str | None = Query(None),
+    last_event_id: str | None = Header(None, json_schema_extra=resume_schema),
+    after: str | None = Query(None, json_schema_extra=resume_schema),
 ) -> EventStreamResponse:
     """The run activity of every thread of the caller's. A fresh connection first gets a snapshot of
     their active runs."""

@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field
 from tether.api.auth import caller
 from tether.api.protocols.history import ClientIds, Incoming, check_client_id, joined, new_input, transcript
 from tether.api.protocols.streaming import Frame, ProtocolStreamResponse, TranslatedStream
-from tether.api.routes import ERRORS, SSE, engine
+from tether.api.routes import ERRORS, SSE, engine, errors
+from tether.api.sse import EventStreamResponse
 from tether.engine import Engine
 from tether.engine.agui import now_ms
 from tether.errors import BadRequest, Conflict
@@ -44,7 +45,9 @@ class AGUIThread(BaseModel):
     messages: list[dict[str, Any]]
 
 
-@router.post("/ag-ui", responses=SSE)
+@router.post(
+    "/ag-ui", status_code=200, response_class=EventStreamResponse, responses={**SSE, **errors(400, 403, 404, 409, 429)}
+)
 async def run_agent(request: Request, body: RunAgentInput) -> ProtocolStreamResponse:
     """Run the agent on the thread's new messages, or decide its pending approvals (`resume`), or
     re-attach to the stretch a known runId names. The run is durable: it goes on if the client leaves."""
@@ -97,7 +100,7 @@ async def run_agent(request: Request, body: RunAgentInput) -> ProtocolStreamResp
     return ProtocolStreamResponse(TranslatedStream(follower, translator), f"ag-ui run {client_run_id}")
 
 
-@router.get("/ag-ui/{thread_id}", response_model=AGUIThread, response_model_by_alias=True)
+@router.get("/ag-ui/{thread_id}", response_model=AGUIThread, response_model_by_alias=True, responses=errors(404))
 async def thread_messages(request: Request, thread_id: str) -> AGUIThread:
     """The thread's messages with the ids its AG-UI streams carried (for `agent.setMessages` after a
     reload), and the runId to re-attach to while a run is active."""

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tether.api.auth import caller
 from tether.api.protocols.history import CLIENT_ID_PATTERN, ClientIds, Incoming, check_client_id, joined, new_input
 from tether.api.protocols.streaming import Frame, ProtocolStreamResponse, TranslatedStream
-from tether.api.routes import ERRORS, SSE, engine
+from tether.api.routes import ERRORS, JSON_EVENT, engine, errors, event_stream
+from tether.api.sse import EventStreamResponse
 from tether.engine import Engine
 from tether.engine.agui import RUN_CANCELLED
 from tether.engine.runner import DENIED
@@ -36,6 +37,10 @@ router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"], responses=ERRORS)
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 DONE = Frame("[DONE]")
+STREAM = event_stream(
+    "The UI message stream: each `data:` a chunk as JSON, the last `[DONE]`.",
+    {"anyOf": [JSON_EVENT, {"type": "string", "const": "[DONE]"}]},
+)
 
 
 class UIMessageIn(BaseModel):
@@ -62,7 +67,12 @@ class Chat(BaseModel):
     messages: list[dict[str, Any]]
 
 
-@router.post("/chat", responses=SSE)
+@router.post(
+    "/chat",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses={**STREAM, **errors(400, 403, 404, 409, 429)},
+)
 async def chat(request: Request, body: ChatRequest) -> ProtocolStreamResponse:
     """Answer the chat's new user message, resume its run with the approvals it answers, or regenerate
     its latest answer. The run is durable: it goes on if the client leaves (resume with GET …/stream)."""
@@ -93,7 +103,12 @@ async def chat(request: Request, body: ChatRequest) -> ProtocolStreamResponse:
     return _response(TranslatedStream(follower, UIMessageStream(run.id)), thread)
 
 
-@router.get("/chat/{chat_id}/stream", responses={**SSE, 204: {"description": "No active run to resume."}})
+@router.get(
+    "/chat/{chat_id}/stream",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses={**STREAM, 204: {"description": "No active run to resume."}, **errors(404, 429)},
+)
 async def resume_stream(request: Request, chat_id: str) -> Response:
     """The active run's whole stream, from its `start` chunk, then live; 204 when nothing is running.
     A run waiting for approval streams up to its approval requests and ends there."""
@@ -109,7 +124,7 @@ async def resume_stream(request: Request, chat_id: str) -> Response:
     return _response(TranslatedStream(follower, translator), thread)
 
 
-@router.get("/chat/{chat_id}", response_model=Chat)
+@router.get("/chat/{chat_id}", response_model=Chat, responses=errors(404))
 async def chat_messages(request: Request, chat_id: str) -> Chat:
     """The chat as UIMessages: each run is its user message and its answer (id: the run's id)."""
     eng = engine(request)
