@@ -100,9 +100,14 @@ def thread_out(request: Request, thread: Thread) -> ThreadOut:
 
 
 def resume_point(last_event_id: str | None, after: str | None) -> int:
-    """Where a stream resumes: `Last-Event-ID` (what EventSource sends) wins over `?after=`."""
-    raw = last_event_id if last_event_id is not None else after
-    if raw is None or raw == "":
+    """Where a stream resumes: `Last-Event-ID` (what EventSource sends) wins over `?after=`; each one
+    given must be a seq, even the one that loses (an empty one: from the start)."""
+    points = [_seq(raw) for raw in (last_event_id, after) if raw is not None]
+    return points[0] if points else 0
+
+
+def _seq(raw: str) -> int:
+    if raw == "":
         return 0
     # ASCII digits only: str.isdigit() also accepts '²' and the like, which int() rejects (a 500).
     # A seq is a SQLite INTEGER, so more than 19 digits cannot be one (and int() refuses >4300 digits).
@@ -266,7 +271,7 @@ async def list_runs(request: Request, thread_id: str) -> RunList:
     "/threads/{thread_id}/stream",
     status_code=200,
     response_class=EventStreamResponse,
-    responses={**SSE, **errors(400, 404, 429)},
+    responses={**SSE, **errors(400, 404, 409, 429)},
     tags=["streams"],
 )
 async def stream_thread(
@@ -310,7 +315,7 @@ async def decide(request: Request, run_id: str, body: ApprovalsRequest) -> RunOu
     "/runs/{run_id}/stream",
     status_code=200,
     response_class=EventStreamResponse,
-    responses={**SSE, **errors(400, 404, 429)},
+    responses={**SSE, **errors(400, 404, 409, 429)},
     tags=["streams"],
 )
 async def stream_run(
@@ -327,7 +332,7 @@ async def stream_run(
     "/events",
     status_code=200,
     response_class=EventStreamResponse,
-    responses={**SSE, **errors(400, 410, 429)},
+    responses={**SSE, **errors(400, 409, 410, 429)},
     tags=["streams"],
 )
 async def stream_feed(

@@ -575,8 +575,8 @@ class Engine:
 
     @staticmethod
     async def _check_after(after: int, last: int) -> None:
-        if after > last:
-            raise BadRequest(
+        if after > last:  # a conflict with the log as it is now, not malformed: 409, as a later log could hold it
+            raise Conflict(
                 f"Last-Event-ID {after} is ahead of the last event ({last}); resume from an id you received",
                 code="invalid_last_event_id",
             )
