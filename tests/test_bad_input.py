@@ -383,6 +383,44 @@ async def test_a_405_names_every_method_of_the_path(server: ServerThread):
     await still_serves(server.url)
 
 
+async def test_text_holding_a_nul_character_is_refused_and_names_nothing(server: ServerThread):
+    """Found on PostgreSQL, whose text cannot hold U+0000: a steer holding one answered a plain-text 500
+    (and so would a run, a title, a protocol message or an id in a URL). Now both engines refuse such
+    text with a clear error, and an id holding one is not found."""
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        tid = await new_thread(http)
+        for method, path, body, field in (
+            ("POST", f"/v1/threads/{tid}/runs", {"input": "a\u0000b"}, "input"),
+            ("POST", f"/v1/threads/{tid}/steer", {"input": "\u0000"}, "input"),
+            ("POST", "/v1/threads", {"title": "a\u0000"}, "title"),
+            ("PATCH", f"/v1/threads/{tid}", {"title": "\u0000"}, "title"),
+        ):
+            error = assert_error(await http.request(method, path, json=body), 422, "invalid_request")
+            assert field in error["message"] and "NUL" in error["message"], error
+        for method, path in (
+            ("GET", "/v1/threads/thr%00"),
+            ("DELETE", "/v1/threads/thr%00"),
+            ("GET", "/v1/threads/%00/stream"),
+            ("GET", "/v1/runs/run%00"),
+            ("POST", "/v1/runs/run%00/cancel"),
+            ("GET", "/v1/runs/run%00/stream"),
+            ("GET", "/v1/ag-ui/thr%00"),
+            ("GET", "/v1/ai-sdk/chat/thr%00"),
+        ):
+            assert_error(await http.request(method, path), 404, "not_found")
+        message = {"id": "m1", "role": "user", "content": "a\u0000b"}
+        run_input = {"threadId": "fuzz-nul", "runId": "r1", "messages": [message]}
+        assert_error(await http.post("/v1/ag-ui", json=run_input), 400, "unsupported_content")
+        chat = {
+            "id": "fuzz-nul",
+            "messages": [{"id": "m\u0000", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+        }
+        assert_error(await http.post("/v1/ai-sdk/chat", json=chat), 400, "unsupported_content")
+        await no_runs(http, tid)
+        assert (await http.get("/v1/threads/fuzz-nul/runs")).json()["runs"] == []
+    await still_serves(server.url)
+
+
 @pytest.mark.sqlite_only  # the API's own answer: the same on every engine
 async def test_an_unexpected_failure_is_a_json_500(tmp_path):
     """A failure no route expected is logged and answered as an error like any other, not as plain text."""

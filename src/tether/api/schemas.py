@@ -21,7 +21,25 @@ def _not_blank(value: str) -> str:
     return value
 
 
-UserText = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+def _no_nul(value: str) -> str:
+    """Text the store keeps as text: PostgreSQL cannot hold a NUL character, so neither engine takes one."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (U+0000)")
+    return value
+
+
+_SPACES = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
+"""What str.strip() strips, as a JSON Schema character class: so the schema says exactly what is blank."""
+NO_NUL = "^[^\\u0000]*$"
+NOT_BLANK = f"^[^\\u0000]*[^\\u0000{_SPACES}][^\\u0000]*$"
+
+Title = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": NO_NUL}), AfterValidator(_no_nul)]
+UserText = Annotated[
+    str,
+    Field(min_length=1, json_schema_extra={"pattern": NOT_BLANK}),
+    AfterValidator(_no_nul),
+    AfterValidator(_not_blank),
+]
 
 METADATA_DEPTH = 20
 METADATA_BYTES = 16_000
@@ -53,13 +71,13 @@ Metadata = Annotated[dict[str, Any], AfterValidator(_storable)]
 
 
 class CreateThread(Strict):
-    title: str | None = Field(default=None, max_length=200)
+    title: Title | None = None
     metadata: Metadata = Field(default_factory=dict, description="Any JSON object, given to the agent's deps factory.")
     agent: str | None = Field(default=None, max_length=64, description="The agent that answers (default: the first).")
 
 
 class UpdateThread(Strict):
-    title: str | None = Field(max_length=200)
+    title: Title | None
 
 
 class CreateRun(Strict):

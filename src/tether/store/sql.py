@@ -158,6 +158,8 @@ class SQLStore:
         return count == 1
 
     async def get_thread(self, thread_id: str) -> Thread | None:
+        if "\x00" in thread_id:  # no id holds one (nothing stored does), and PostgreSQL cannot even compare it
+            return None
         row = await self._one(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,))
         return _thread(row) if row else None
 
@@ -211,6 +213,8 @@ class SQLStore:
         return await self.db.transaction(script())
 
     async def get_run(self, run_id: str) -> Run | None:
+        if "\x00" in run_id:  # as in get_thread
+            return None
         row = await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         return _run(row) if row else None
 

@@ -118,6 +118,11 @@ def new_input(messages: Sequence[Incoming], known: set[str]) -> list[Incoming]:
             )
         if not message.text.strip():
             raise BadRequest(f"message {message.id!r} has no text", code="empty_message")
+        if "\x00" in message.id + message.text:  # as the v1 API: the store cannot hold it
+            raise BadRequest(
+                f"message {message.id!r} holds a NUL character (U+0000), which Tether cannot store",
+                code="unsupported_content",
+            )
     return new
 
 
