@@ -120,7 +120,7 @@ async def watch(http: httpx.AsyncClient, path: str, seqs: list[int]) -> None:
 
 
 async def wait_status(http: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
-    while (run := (await http.get(f"/v1/runs/{run_id}")).json())["status"] != status:  # noqa: ASYNC110 (polling HTTP)
+    while (run := (await http.get(f"/v1/runs/{run_id}")).json())["status"] != status:
         if run["status"] in ("completed", "failed", "cancelled"):
             raise AssertionError(f"run {run_id} ended {run['status']} ({run['error']}) before it was {status}")
         await asyncio.sleep(0.05)
