@@ -15,8 +15,9 @@ only) and stops it at the end, also on Ctrl-C. Bounded and self-stopping.
     --header-timeout.
 (d) 10,000 threads: GET /v1/threads (50) and GET /v1/threads/{tid}, median and p99 of 200 each.
 (e) soak: for --soak-seconds, 20 clients in a loop of mixed work (streams read with random disconnects and
-    Last-Event-ID resumes, /tools, /approve decided or cancelled, cancels); the server's RSS and open file
-    descriptors sampled every 10 s; the slope over the second half (per minute). Every run must end.
+    Last-Event-ID resumes, /tools, /approve decided or cancelled, cancels), each on a new thread every 20
+    runs (so that growing histories do not pass for a leak); the server's RSS and open file descriptors
+    sampled every 10 s; the slope over the second half (per minute). Every run must end.
 """
 
 from __future__ import annotations
@@ -246,8 +247,11 @@ async def part_e(tmp: Path, seconds: float) -> None:
     async def client(number: int) -> None:
         rng = random.Random(number)
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
-            tid = (await http.post("/v1/threads")).json()["id"]
+            done = 0
             while time.monotonic() < stop:
+                if done % 20 == 0:  # a new thread now and then: a leak, not a longer history, should show
+                    tid = (await http.post("/v1/threads")).json()["id"]
+                done += 1
                 kind = rng.choice(["stream", "stream", "tools", "approve", "cancel"])
                 text = {
                     "stream": "/stream 200 ms=5",
