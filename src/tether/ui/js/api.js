@@ -90,9 +90,12 @@ export class Api {
   run(id) {
     return this.request("GET", `v1/runs/${id}`);
   }
-  /** @param {string|null} agent null: the server's default agent */
-  createThread(agent = null) {
-    return this.request("POST", "v1/threads", agent ? { agent } : {});
+  /**
+   * @param {string|null} agent null: the server's default agent
+   * @param {string|null} title null: untitled (the first message names it)
+   */
+  createThread(agent = null, title = null) {
+    return this.request("POST", "v1/threads", { ...(agent ? { agent } : {}), ...(title ? { title } : {}) });
   }
   rename(id, title) {
     return this.request("PATCH", `v1/threads/${id}`, { title });

@@ -387,7 +387,6 @@ function draw() {
   const open = current && current.session;
   $("empty").hidden = Boolean(current);
   $("messages").hidden = !current;
-  $("composer").hidden = !current;
   $("delete-thread").hidden = !current;
   $("chat-agent").textContent = current ? agentLabel(info(current.id)) : "";
   $("chat-agent").hidden = !$("chat-agent").textContent;
@@ -397,6 +396,7 @@ function draw() {
     $("approvals").hidden = true;
     $("run-error").hidden = true;
     document.title = "Tether";
+    drawComposer(null, [], false);
     return;
   }
   const thread = info(current.id);
@@ -425,13 +425,18 @@ function draw() {
   else $("run-error").hidden = true;
 }
 
+/** @param {object|null} thread null: the first screen, where the message starts a thread */
 function drawComposer(thread, blocks, loading) {
-  const active = ACTIVE.has(thread.status);
+  const active = Boolean(thread) && ACTIVE.has(thread.status);
   $("send").hidden = active || loading;
   $("steer").hidden = !active || loading;
   $("stop").hidden = !active || loading;
   $("retry").hidden = active || loading || !blocks.some((b) => b.kind === "user");
-  $("input").placeholder = active ? "Steer the running agent (Enter), or Stop (Esc)" : "Message (Enter to send, Shift+Enter for a new line)";
+  $("input").placeholder = active
+    ? "Steer the running agent (Enter), or Stop (Esc)"
+    : thread
+      ? "Message (Enter to send, Shift+Enter for a new line)"
+      : "Message to start a thread (Enter to send, Shift+Enter for a new line)";
 }
 
 function showRunError(message, withRetry = false, quiet = false) {
@@ -463,7 +468,11 @@ async function act(action) {
 async function send() {
   const input = $("input");
   const text = input.value.trim();
-  if (!text || !current) return;
+  if (!text) return;
+  if (!current) {
+    await startThread(text);
+    return;
+  }
   const thread = info(current.id);
   const threadId = current.id;
   await act(async () => {
@@ -473,6 +482,36 @@ async function send() {
     resizeInput();
     if (!thread.title) await api.rename(threadId, titleFrom(text));
   });
+}
+
+let starting = false; // a first message is creating its thread: a second Enter must not make another
+
+/** The first screen's message: it creates a thread, titled by it, opens it and sends the message there. */
+async function startThread(text) {
+  if (starting) return;
+  starting = true;
+  try {
+    await act(async () => {
+      const threadId = await createAndOpen(titleFrom(text));
+      await api.send(threadId, text);
+      $("input").value = "";
+      resizeInput();
+    });
+  } finally {
+    starting = false;
+  }
+}
+
+/** Create a thread (for the agent picked, if the server has several) and open it; its id. */
+async function createAndOpen(title = null) {
+  const picker = $("agent-select");
+  const thread = await api.createThread(picker.hidden ? null : picker.value, title);
+  info(thread.id).title = thread.title;
+  info(thread.id).agent = thread.agent ?? null;
+  toTop(thread.id);
+  location.hash = `#/t/${thread.id}`;
+  focusInputOnDraw = true;
+  return thread.id;
 }
 
 function titleFrom(text) {
@@ -655,17 +694,7 @@ function wire() {
   });
   // Nothing works without the token, so the dialog cannot be dismissed without one.
   $("token-dialog").addEventListener("cancel", (event) => event.preventDefault());
-  $("new-thread").addEventListener("click", () =>
-    act(async () => {
-      const picker = $("agent-select");
-      const thread = await api.createThread(picker.hidden ? null : picker.value);
-      info(thread.id).title = thread.title;
-      info(thread.id).agent = thread.agent ?? null;
-      toTop(thread.id);
-      location.hash = `#/t/${thread.id}`;
-      focusInputOnDraw = true;
-    }),
-  );
+  $("new-thread").addEventListener("click", () => act(() => createAndOpen()));
   $("delete-thread").addEventListener("click", () => {
     if (!current) return;
     const threadId = current.id;
