@@ -60,7 +60,7 @@ async def test_the_first_screen_takes_a_message_at_once(server, context):
     await chat.page.keyboard.type("/stream 5")
     await chat.page.keyboard.press("Enter")
     await chat.page.keyboard.press("Enter")  # a second Enter while the thread is made sends nothing more
-    await chat.page.wait_for_function("location.hash.startsWith('#/t/')")
+    await chat.page.wait_for_function("() => location.hash.startsWith('#/t/')")
     await expect(chat.page.locator("#chat-title")).to_have_text("/stream 5")
     await chat.assert_last_answer("w1 w2 w3 w4 w5")
     await expect(chat.page.locator("#input")).to_be_focused()
