@@ -185,11 +185,18 @@ async def create_thread(request: Request, body: CreateThread | None = Body(defau
 async def list_threads(
     request: Request,
     limit: int = Query(50, ge=1, le=500),
-    before: float | None = Query(None, description="Only threads updated before this time (paging)."),
+    before: float | None = Query(None, description="Only threads updated before this time."),
+    q: str | None = Query(
+        None,
+        min_length=1,
+        max_length=500,
+        description="Only threads whose title or one message holds every word of it (each as a word's start).",
+    ),
+    cursor: str | None = Query(None, max_length=500, description="The next page: a list's `next_cursor`."),
 ) -> ThreadList:
-    """The caller's threads, the most recently active first."""
-    threads = await engine(request).list_threads(caller(request), limit, before)
-    return ThreadList(threads=[thread_out(request, t) for t in threads])
+    """The caller's threads, the most recently active first, a page at a time."""
+    threads, next_cursor = await engine(request).list_threads(caller(request), limit, before, cursor=cursor, query=q)
+    return ThreadList(threads=[thread_out(request, t) for t in threads], next_cursor=next_cursor)
 
 
 @router.get("/threads/{thread_id}", response_model=ThreadDetail, tags=["threads"], responses=errors(404))

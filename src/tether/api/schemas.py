@@ -179,6 +179,9 @@ class ThreadDetail(ThreadOut):
 
 class ThreadList(BaseModel):
     threads: list[ThreadOut]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page (same `q` and `limit`); null after the last."
+    )
 
 
 class RunList(BaseModel):

@@ -14,6 +14,8 @@ and streams, exist only for the user who created it (anyone else gets 404).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 import uuid
@@ -183,8 +185,21 @@ class Engine:
             raise NotFound(f"thread {thread_id!r} not found")
         return thread
 
-    async def list_threads(self, user: str, limit: int, before: float | None = None) -> list[Thread]:
-        return await self.store.list_threads(user, limit, before)
+    async def list_threads(
+        self,
+        user: str,
+        limit: int,
+        before: float | None = None,
+        *,
+        cursor: str | None = None,
+        query: str | None = None,
+    ) -> tuple[list[Thread], str | None]:
+        """A page of the user's threads (most recently updated first), and the cursor of the next page
+        (None after the last). `query`: only the threads whose title or one message holds its words."""
+        after = _decode_cursor(cursor) if cursor is not None else None
+        threads = await self.store.list_threads(user, limit + 1, before, after=after, query=query)
+        page = threads[:limit]
+        return page, _encode_cursor(page[-1]) if len(threads) > limit else None
 
     async def rename_thread(self, thread_id: str, user: str, title: str | None) -> Thread:
         self._check_accepting()
@@ -652,6 +667,23 @@ def _check_model(model: str) -> None:
         infer_model(model)
     except Exception as exc:
         raise BadRequest(f"model {model!r} is not available: {exc}", code="invalid_model") from exc
+
+
+def _encode_cursor(thread: Thread) -> str:
+    """Where the next page of a thread list begins: after this thread (opaque to clients)."""
+    return base64.urlsafe_b64encode(json.dumps([thread.updated_at, thread.id]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        updated_at, thread_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(updated_at, int | float) and not isinstance(updated_at, bool) and isinstance(thread_id, str):
+            return float(updated_at), thread_id
+    except (ValueError, TypeError):
+        pass
+    raise BadRequest(
+        f"cursor {cursor[:40]!r} is not one this server gave (pass a list's next_cursor)", code="invalid_cursor"
+    )
 
 
 def _new_id(prefix: str) -> str:

@@ -78,8 +78,12 @@ export class Api {
   agents() {
     return this.request("GET", "v1/agents");
   }
-  threads() {
-    return this.request("GET", "v1/threads?limit=200");
+  /** A page of the caller's threads, newest first: {threads, next_cursor}; `q` searches them. */
+  threads({ q = null, cursor = null, limit = 50 } = {}) {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (q) query.set("q", q);
+    if (cursor) query.set("cursor", cursor);
+    return this.request("GET", `v1/threads?${query}`);
   }
   thread(id) {
     return this.request("GET", `v1/threads/${id}`);

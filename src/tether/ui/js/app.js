@@ -4,6 +4,7 @@
 
 import { Api } from "./api.js";
 import { ApiError } from "./errors.js";
+import { Pages } from "./pages.js";
 import { ACTIVE, chatBlocks, ThreadSession, threadStatus } from "./session.js";
 import { askForToken, drawAccount, signingIn } from "./signin.js";
 import { sleep } from "./sse.js";
@@ -23,6 +24,11 @@ let feed = null; // the feed's AbortController: sign-out closes it
 let me = null; // GET v1/me: {user, auth}; null until known (or on a server that cannot say)
 let served = null; // GET v1/agents: {agents, default}; null until known
 let restarting = null; // after a sign-out: the sign-in that starts everything again
+let livePages = null; // the live list's pages (from the feed's last snapshot on)
+let search = null; // {q, pages, results, loaded}: what the search box found; null: no search
+let searchTimer = null;
+
+const PAGE = 50; // threads per page of the list
 
 const api = new Api(onUnauthorized);
 
@@ -157,19 +163,12 @@ function applyNotice(notice) {
 async function resync(activeRuns) {
   const generation = api.generation;
   try {
-    const { threads: list } = await api.threads();
+    const pages = new Pages((cursor) => api.threads({ cursor, limit: PAGE }));
+    const list = await pages.next();
+    livePages = pages;
     const known = new Map(threads);
     threads.clear();
-    for (const thread of list) {
-      threads.set(thread.id, {
-        ...(known.get(thread.id) || {}),
-        id: thread.id,
-        title: thread.title,
-        agent: thread.agent ?? null,
-        status: threadStatus(thread.last_run_status),
-        pending: [],
-      });
-    }
+    for (const thread of list) threads.set(thread.id, { ...(known.get(thread.id) || {}), ...listed(thread) });
     for (const run of activeRuns) {
       const pending = run.pendingApprovals.map((call) => ({ ...call, decision: null }));
       setRunState(run.threadId, run.runId, run.status, { pending });
@@ -183,6 +182,72 @@ async function resync(activeRuns) {
       redraw();
     }
   }
+}
+
+/** A thread of a list page (the API's JSON) as the UI keeps it. */
+function listed(thread) {
+  return {
+    id: thread.id,
+    title: thread.title,
+    agent: thread.agent ?? null,
+    status: threadStatus(thread.last_run_status),
+    pending: [],
+  };
+}
+
+/** The next page of the list shown (the live list, or the search's results), when it is scrolled to its end. */
+async function loadMore() {
+  const pages = search ? search.pages : livePages;
+  if (!pages || pages.done || pages.loading) return;
+  const generation = api.generation;
+  try {
+    const page = await pages.next();
+    if (generation !== api.generation) return;
+    if (search && pages === search.pages) {
+      const have = new Set(search.results.map((t) => t.id));
+      search.results.push(...page.filter((t) => !have.has(t.id)));
+    } else if (pages === livePages) {
+      // Threads the feed moved up meanwhile are known already and stay where they are.
+      for (const thread of page) if (!threads.has(thread.id) && !deletedThreads.has(thread.id)) threads.set(thread.id, listed(thread));
+    }
+    redraw();
+  } catch (error) {
+    pages.done = true; // no retry storm from every redraw: the next snapshot or search starts afresh
+    showError(error);
+  }
+}
+
+function onListScroll() {
+  const list = $("thread-list");
+  if (list.scrollTop + list.clientHeight >= list.scrollHeight - 120) loadMore();
+}
+
+/** Search as one types: a moment after the last key, the first page of what matches. */
+function onSearchInput() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => startSearch($("thread-search").value.trim()), 200);
+}
+
+async function startSearch(q) {
+  if (search?.q === q) return;
+  $("thread-list").scrollTop = 0;
+  if (!q) {
+    search = null;
+    redraw();
+    return;
+  }
+  const mine = { q, pages: new Pages((cursor) => api.threads({ q, cursor, limit: PAGE })), results: [], loaded: false };
+  search = mine;
+  redraw();
+  try {
+    const page = await mine.pages.next();
+    if (search !== mine) return; // typed on meanwhile
+    mine.results = page;
+    mine.loaded = true;
+  } catch (error) {
+    if (search === mine) showError(error);
+  }
+  redraw();
 }
 
 /**
@@ -382,7 +447,13 @@ function agentLabel(thread) {
 }
 
 function draw() {
-  drawThreadList($("thread-list"), [...threads.values()], current?.id ?? null, agentLabel);
+  const shown = search
+    ? search.results.filter((t) => !deletedThreads.has(t.id)).map((t) => threads.get(t.id) ?? listed(t))
+    : [...threads.values()];
+  drawThreadList($("thread-list"), shown, current?.id ?? null, agentLabel);
+  $("search-state").textContent = !search ? "" : !search.loaded ? "Searching…" : shown.length ? "" : "No thread matches.";
+  const list = $("thread-list");
+  if (list.scrollHeight <= list.clientHeight) loadMore(); // a page that does not fill the list: the next one
   drawAgentPicker($("agent-select"), served);
   const open = current && current.session;
   $("empty").hidden = Boolean(current);
@@ -624,6 +695,9 @@ function signOut(refused = null) {
   ThreadSession.forgetAll();
   me = null;
   served = null;
+  livePages = null;
+  search = null;
+  $("thread-search").value = "";
   drawAccount(null);
   $("feed-state").textContent = "";
   $("stream-state").textContent = "";
@@ -709,6 +783,8 @@ function wire() {
     if (event.key === "Enter" && !$("chat-title").isContentEditable) renameInline();
   });
   $("show-threads").addEventListener("click", () => $("app").classList.toggle("threads-open"));
+  $("thread-search").addEventListener("input", onSearchInput);
+  $("thread-list").addEventListener("scroll", onListScroll);
   window.addEventListener("hashchange", route);
   window.addEventListener("pagehide", () => current?.session?.save());
   window.addEventListener("unhandledrejection", (event) => showError(event.reason));
