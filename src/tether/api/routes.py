@@ -19,6 +19,7 @@ from tether.api.schemas import (
     CreateThread,
     Engines,
     ErrorOut,
+    ForkThread,
     Health,
     Me,
     RunAccepted,
@@ -219,6 +220,19 @@ async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
 @router.patch("/threads/{thread_id}", response_model=ThreadOut, tags=["threads"], responses=errors(400, 403, 404))
 async def update_thread(request: Request, thread_id: str, body: UpdateThread) -> ThreadOut:
     return thread_out(request, await engine(request).rename_thread(thread_id, caller(request), body.title))
+
+
+@router.post(
+    "/threads/{thread_id}/fork",
+    status_code=201,
+    response_model=ThreadOut,
+    tags=["threads"],
+    responses=errors(400, 403, 404, 409),
+)
+async def fork_thread(request: Request, thread_id: str, body: ForkThread) -> ThreadOut:
+    """A new thread holding this one's history up to (not including) a user message; this one is unchanged."""
+    thread = await engine(request).fork(thread_id, caller(request), body.before_message_id, body.title)
+    return thread_out(request, thread)
 
 
 @router.delete("/threads/{thread_id}", status_code=204, tags=["threads"], responses=errors(403, 404))

@@ -80,6 +80,17 @@ class UpdateThread(Strict):
     title: Title | None
 
 
+class ForkThread(Strict):
+    before_message_id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The user message to branch before, by its id in GET /v1/threads/{tid} or the thread's stream.",
+    )
+    title: str | None = Field(
+        default=None, max_length=200, description="The new thread's title (default: the parent's)."
+    )
+
+
 class CreateRun(Strict):
     input: UserText = Field(description="The user's message.")
     multitask: Literal["reject", "enqueue", "steer", "interrupt"] = Field(
@@ -159,6 +170,9 @@ class ThreadOut(BaseModel):
     last_run_status: RunStatus | None = Field(description="The status of the thread's latest run, if any.")
     user_id: str = Field(description="The user the thread belongs to (only they see it).")
     agent: str = Field(description="The name of the agent that answers the thread.")
+    parent_thread_id: str | None = Field(
+        default=None, description="The thread this one was forked from (null if none, or once it is deleted)."
+    )
 
     @classmethod
     def of(cls, thread: Thread, default_agent: str) -> ThreadOut:

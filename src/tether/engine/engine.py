@@ -23,7 +23,6 @@ from collections import Counter, defaultdict
 from dataclasses import asdict
 from typing import Any, Literal
 
-from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import infer_model
 from pydantic_ai.ui.ag_ui import AGUIAdapter
 
@@ -31,8 +30,10 @@ from tether import events
 from tether.agents import Agents
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.config import Settings, new_worker_id
-from tether.engine import collector
+from tether.engine import branch, collector
+from tether.engine.agui import messages_snapshot
 from tether.engine.journal import Journal
+from tether.engine.runner import dump_history, load_history
 from tether.engine.streams import REPLAY_PAGE, Follower
 from tether.engine.worker import Worker
 from tether.errors import BadRequest, Conflict, Gone, NotFound, TooLarge, TooMany, Unavailable
@@ -41,6 +42,7 @@ from tether.metrics import Metrics
 from tether.store import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    Checkpoint,
     ClientMessage,
     ClientRun,
     Decision,
@@ -50,6 +52,7 @@ from tether.store import (
     Thread,
 )
 from tether.tracing import tracer_of
+from tether.transcript import transcript, with_log_ids
 
 log = logging.getLogger("tether.engine")
 
@@ -225,14 +228,64 @@ class Engine:
     async def thread_messages(self, thread_id: str) -> tuple[list[dict[str, Any]], int, int | None]:
         """The thread's stored history as AG-UI messages, its last seq, and the seq the history is
         current to: the last seq if no run was active (so a client can fold the events after it onto
-        these messages), else None (a run's partial answer is only in the log)."""
+        these messages), else None (a run's partial answer is only in the log). The messages have the
+        ids the thread's stream gave them (see tether.transcript), the same at every call."""
         snapshot = await self.store.thread_snapshot(thread_id)
         messages = []
         if snapshot.checkpoint is not None:
-            history = ModelMessagesTypeAdapter.validate_json(snapshot.checkpoint.json())
-            dumped = AGUIAdapter.dump_messages(history)
-            messages = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in dumped]
+            dumped = AGUIAdapter.dump_messages(load_history(snapshot.checkpoint))
+            stored = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in dumped]
+            messages = with_log_ids(stored, transcript(await self._read_log(thread_id, snapshot.last_seq)))
         return messages, snapshot.last_seq, None if snapshot.run_active else snapshot.last_seq
+
+    async def fork(self, thread_id: str, user: str, before_message_id: str, title: str | None = None) -> Thread:
+        """A new thread, the caller's, holding this thread's history as it was just before one of its
+        user messages (named by the id its stream gave it); this thread is left as it is. The new
+        thread's log begins with a MESSAGES_SNAPSHOT of that history. It keeps the parent's agent and
+        metadata, and its title unless given another; it names its parent (`parent_thread_id`)."""
+        self._check_accepting()
+        parent = await self.get_thread(thread_id, user)
+        snapshot = await self.store.thread_snapshot(thread_id)
+        if snapshot.run_active:
+            raise Conflict(
+                f"thread {thread_id!r} has an active run; fork it once that run has ended", code="thread_busy"
+            )
+        logged = transcript(await self._read_log(thread_id, snapshot.last_seq))
+        users = [m["id"] for m in logged if m["role"] == "user"]
+        if before_message_id not in users:
+            if any(m["id"] == before_message_id for m in logged):
+                raise BadRequest(
+                    f"message {before_message_id!r} is not a user message: a fork begins before one",
+                    code="not_a_user_message",
+                )
+            raise BadRequest(
+                f"thread {thread_id!r} has no message {before_message_id!r} (ids are those of "
+                "GET /v1/threads/{tid} and of the thread's stream)",
+                code="unknown_message",
+            )
+        history = branch.history_before(load_history(snapshot.checkpoint), users.index(before_message_id))
+        now = time.time()
+        thread = Thread(
+            id=_new_id("thr"),
+            title=parent.title if title is None else title,
+            created_at=now,
+            updated_at=now,
+            metadata=parent.metadata,
+            user_id=user,
+            agent=parent.agent,
+            parent_thread_id=parent.id,
+        )
+        await self.store.create_thread(thread)
+        await self.journal.open_thread(thread.id)
+        self.journal.checkpoint(Checkpoint(thread.id, None, dump_history(history), now, kind="fork"))
+        event = messages_snapshot(history)
+        self.journal.event(thread.id, events.NO_RUN, events.type_name(event), events.encode(event))
+        notice = feed_notice(
+            "thread.created", thread.id, title=thread.title, agent=thread.agent, parentThreadId=parent.id
+        )
+        self.journal.feed(thread.id, None, notice)
+        await self.journal.commit()
+        return thread
 
     # runs
 
@@ -626,9 +679,12 @@ class Engine:
 
     async def thread_log(self, thread: Thread, upto: int) -> list[events.Event]:
         """The thread's events up to seq `upto`, in order: what its clients were sent."""
+        return await self._read_log(thread.id, upto)
+
+    async def _read_log(self, thread_id: str, upto: int) -> list[events.Event]:
         log: list[events.Event] = []
         while True:
-            page = await self.store.read_events(thread.id, log[-1].seq if log else 0, REPLAY_PAGE)
+            page = await self.store.read_events(thread_id, log[-1].seq if log else 0, REPLAY_PAGE)
             for event in page:
                 if event.seq > upto:
                     return log

@@ -357,7 +357,7 @@ class RunExecution:
     def _load_remembered(self, checkpoint: Checkpoint | None) -> list[ModelMessage]:
         """A stored history, each message remembered with its stored JSON: the next checkpoint does not
         serialise the history again (for a long thread, most of a run's checkpoint work)."""
-        history = _load(checkpoint)
+        history = load_history(checkpoint)
         if checkpoint is not None and len(checkpoint.messages) == len(history):
             for message, stored in zip(history, checkpoint.messages, strict=True):
                 self._dumped[id(message)] = (message, stored)
@@ -581,7 +581,7 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
     (pydantic-ai would execute them, unapproved).
     """
     latest = await store.latest_checkpoint(run.thread_id)
-    history = _load(latest)
+    history = load_history(latest)
     returns = [
         ToolReturnPart(
             tool_name=c.tool_name,
@@ -594,7 +594,9 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
         history = [*history, ModelRequest(parts=returns)]
     await journal.open_thread(run.thread_id)
     follows = latest.messages if latest is not None else []
-    journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time(), kind="end", follows=follows))
+    journal.checkpoint(
+        Checkpoint(run.thread_id, run.id, dump_history(history), time.time(), kind="end", follows=follows)
+    )
     for event in (
         RunStartedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
         messages_snapshot(history),
@@ -649,10 +651,10 @@ def _has_tool_calls(message: ModelMessage) -> bool:
     return isinstance(message, ModelResponse) and any(isinstance(p, ToolCallPart) for p in message.parts)
 
 
-def _load(checkpoint: Checkpoint | None) -> list[ModelMessage]:
+def load_history(checkpoint: Checkpoint | None) -> list[ModelMessage]:
     return ModelMessagesTypeAdapter.validate_json(checkpoint.json()) if checkpoint is not None else []
 
 
-def _dump(history: list[ModelMessage]) -> list[bytes]:
+def dump_history(history: list[ModelMessage]) -> list[bytes]:
     """One JSON text per message, as checkpoints store them."""
     return [ModelMessagesTypeAdapter.dump_json([message])[1:-1] for message in history]

@@ -40,6 +40,8 @@ class Thread:
     """The user who created the thread: only they see it."""
     agent: str | None = None
     """The name of the agent that answers the thread; None: the server's first agent."""
+    parent_thread_id: str | None = None
+    """The thread this one was forked from (None once that thread is deleted)."""
 
 
 @dataclass(frozen=True)
@@ -215,9 +217,9 @@ class Renewed:
     """Its inbox has steering messages not yet applied."""
 
 
-CheckpointKind = Literal["start", "step", "pause", "end"]
+CheckpointKind = Literal["start", "step", "pause", "end", "fork"]
 """start: a retry's rewind; step: before a model request (after a tool batch or a steer);
-pause: waiting for approval; end: the run ended."""
+pause: waiting for approval; end: the run ended; fork: a forked thread's first history."""
 
 
 @dataclass

@@ -71,7 +71,8 @@ _ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
 _LIVE = "'running', 'awaiting_approval'"
 _THREAD_COLUMNS = (
     "id, title, created_at, updated_at, metadata, allowed_tools, "
-    "(SELECT status FROM runs WHERE runs.thread_id = threads.id ORDER BY ordinal DESC LIMIT 1), user_id, agent"
+    "(SELECT status FROM runs WHERE runs.thread_id = threads.id ORDER BY ordinal DESC LIMIT 1), user_id, agent, "
+    "parent_thread_id"
 )
 _EVENT_COLUMNS = ("thread_id", "seq", "run_id", "type", "data")
 
@@ -583,7 +584,8 @@ def _checkpoint(rows: list[tuple[Any, ...]]) -> Checkpoint | None:
 
 
 _INSERT_THREAD = (
-    "INSERT INTO threads (id, title, created_at, updated_at, metadata, user_id, agent) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO threads (id, title, created_at, updated_at, metadata, user_id, agent, parent_thread_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -596,11 +598,12 @@ def _thread_values(thread: Thread) -> tuple[Any, ...]:
         json.dumps(thread.metadata),
         thread.user_id,
         thread.agent,
+        thread.parent_thread_id,
     )
 
 
 def _thread(row: tuple[Any, ...]) -> Thread:
-    id_, title, created_at, updated_at, metadata, allowed_tools, last_run_status, user_id, agent = row
+    id_, title, created_at, updated_at, metadata, allowed_tools, last_run_status, user_id, agent, parent = row
     return Thread(
         id_,
         title,
@@ -611,6 +614,7 @@ def _thread(row: tuple[Any, ...]) -> Thread:
         last_run_status,
         user_id=user_id,
         agent=agent,
+        parent_thread_id=parent,
     )
 
 

@@ -101,6 +101,10 @@ export class Api {
   createThread(agent = null, title = null) {
     return this.request("POST", "v1/threads", { ...(agent ? { agent } : {}), ...(title ? { title } : {}) });
   }
+  /** A new thread holding this one's history before the user message `messageId`: the new thread. */
+  fork(id, messageId) {
+    return this.request("POST", `v1/threads/${id}/fork`, { before_message_id: messageId });
+  }
   rename(id, title) {
     return this.request("PATCH", `v1/threads/${id}`, { title });
   }

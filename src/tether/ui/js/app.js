@@ -34,7 +34,7 @@ const api = new Api(onUnauthorized);
 
 function info(threadId) {
   if (!threads.has(threadId)) {
-    threads.set(threadId, { id: threadId, title: null, agent: null, status: "idle", runId: null, error: null, pending: [] });
+    threads.set(threadId, { id: threadId, title: null, agent: null, parent: null, status: "idle", runId: null, error: null, pending: [] });
   }
   return threads.get(threadId);
 }
@@ -130,6 +130,7 @@ function applyNotice(notice) {
       info(notice.threadId).title = notice.title ?? null;
       if (notice.type === "thread.created") {
         toTop(notice.threadId);
+        info(notice.threadId).parent = notice.parentThreadId ?? null;
         learnAgent(notice.threadId, notice.agent);
       }
       break;
@@ -190,6 +191,7 @@ function listed(thread) {
     id: thread.id,
     title: thread.title,
     agent: thread.agent ?? null,
+    parent: thread.parent_thread_id ?? null,
     status: threadStatus(thread.last_run_status),
     pending: [],
   };
@@ -288,6 +290,7 @@ async function openThread(threadId) {
   const thread = info(threadId);
   thread.title = detail.title;
   thread.agent = detail.agent ?? null;
+  thread.parent = detail.parent_thread_id ?? null;
   const run = detail.active_run;
   setRunState(threadId, run?.id ?? null, run ? run.status : detail.last_run_status, { pending: run ? pendingOf(run) : [] });
   if (!run && detail.last_run_status === "failed") loadFailure(threadId);
@@ -461,6 +464,7 @@ function draw() {
   $("delete-thread").hidden = !current;
   $("chat-agent").textContent = current ? agentLabel(info(current.id)) : "";
   $("chat-agent").hidden = !$("chat-agent").textContent;
+  drawBranchOf(current ? info(current.id) : null);
   if (!current) {
     $("chat-title").textContent = "Tether";
     $("chat-status").textContent = "";
@@ -482,7 +486,8 @@ function draw() {
     const session = current.session;
     const messages = current.placeholder ? current.placeholder.messages : session.transcript.messages;
     const blocks = chatBlocks(messages, { timings: session.timings, pending: thread.pending, active });
-    drawMessages($("messages"), blocks, thread.status === "running");
+    const editable = !active && !current.loading && !current.placeholder;
+    drawMessages($("messages"), blocks, thread.status === "running", { editable, onEdit: editMessage });
     drawApprovals($("approvals"), thread.pending, decide);
     drawComposer(thread, blocks, current.loading);
     if (focusInputOnDraw) {
@@ -497,6 +502,15 @@ function draw() {
 }
 
 /** @param {object|null} thread null: the first screen, where the message starts a thread */
+/** A branch names the thread it was forked from, as a link back to it. */
+function drawBranchOf(thread) {
+  const link = $("branch-of");
+  link.hidden = !thread?.parent;
+  if (!thread?.parent) return;
+  link.href = `#/t/${thread.parent}`;
+  link.querySelector(".parent-title").textContent = threads.get(thread.parent)?.title || "its parent thread";
+}
+
 function drawComposer(thread, blocks, loading) {
   const active = Boolean(thread) && ACTIVE.has(thread.status);
   $("send").hidden = active || loading;
@@ -588,6 +602,25 @@ async function createAndOpen(title = null) {
 function titleFrom(text) {
   const line = text.split("\n")[0];
   return line.length > 60 ? `${line.slice(0, 57)}…` : line;
+}
+
+/**
+ * Edit an earlier message: a branch of the thread from just before it (the thread itself stays as it
+ * is), and the edited message sent there. The branch opens.
+ */
+async function editMessage(messageId, text, onError) {
+  const parentId = current.id;
+  try {
+    const branch = await api.fork(parentId, messageId);
+    info(branch.id).title = branch.title;
+    info(branch.id).agent = branch.agent ?? null;
+    info(branch.id).parent = parentId;
+    toTop(branch.id);
+    await api.send(branch.id, text);
+    location.hash = `#/t/${branch.id}`;
+  } catch (error) {
+    onError(error.message);
+  }
 }
 
 function stop() {

@@ -10,7 +10,7 @@ const DENIED = "The user denied this tool call";
 const UNKNOWN = "The outcome of this tool call is unknown";
 const NOT_RUN = "Not run:";
 const INTERRUPTED = "The tool call was interrupted"; // pydantic-ai's words for a call cut off by a stop
-const VERSION = 1;
+const VERSION = 2; // 2: message ids are the log's (the server's GET gives them too), so a fork can name one
 
 export class ThreadSession {
   constructor(threadId, messages = [], seq = 0) {

@@ -18,7 +18,7 @@ export function drawThreadList(list, threads, currentId, agentLabel = () => "") 
     if (!li) {
       li = document.createElement("li");
       li.dataset.threadId = thread.id;
-      li.innerHTML = `<a><span class="dot"></span><span class="title"></span><span class="agent" data-testid="thread-agent"></span></a>`;
+      li.innerHTML = `<a><span class="dot"></span><span class="title"></span><span class="branch-tag" title="A branch of another thread">branch</span><span class="agent" data-testid="thread-agent"></span></a>`;
     }
     const link = li.firstElementChild;
     link.href = `#/t/${thread.id}`;
@@ -28,6 +28,7 @@ export function drawThreadList(list, threads, currentId, agentLabel = () => "") 
     li.querySelector(".dot").dataset.status = thread.status;
     li.dataset.status = thread.status;
     li.querySelector(".title").textContent = thread.title || "Untitled";
+    li.querySelector(".branch-tag").hidden = !thread.parent;
     const agent = li.querySelector(".agent");
     agent.textContent = agentLabel(thread);
     agent.hidden = !agent.textContent;
@@ -71,7 +72,7 @@ export function statusLabel(status) {
  * @param {object[]} blocks from chatBlocks()
  * @param {boolean} streaming whether the last assistant message is still being written
  */
-export function drawMessages(list, blocks, streaming) {
+export function drawMessages(list, blocks, streaming, { editable = false, onEdit = () => {} } = {}) {
   const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
   const old = new Map([...list.children].map((li) => [li.dataset.key, li]));
   const lastAssistant = blocks.findLastIndex((b) => b.kind === "assistant");
@@ -87,7 +88,7 @@ export function drawMessages(list, blocks, streaming) {
       li.className = `message ${block.kind}`;
     }
     li.classList.toggle("streaming", streaming && index === lastAssistant && index === blocks.length - 1);
-    if (block.kind === "user") drawUser(li, block);
+    if (block.kind === "user") drawUser(li, block, editable, onEdit);
     else drawAssistant(li, block);
     const expected = previous ? previous.nextSibling : list.firstChild;
     if (expected !== li) list.insertBefore(li, expected);
@@ -97,13 +98,76 @@ export function drawMessages(list, blocks, streaming) {
   if (nearBottom) list.scrollTop = list.scrollHeight;
 }
 
-function drawUser(li, block) {
-  if (li.dataset.text === block.text) return;
-  li.dataset.text = block.text;
-  const bubble = document.createElement("div");
-  bubble.className = "bubble";
-  bubble.textContent = block.text; // a user's words are shown as typed, never as HTML
-  li.replaceChildren(bubble);
+/**
+ * A user's message, with an Edit button while the thread is idle: editing it opens the message in a
+ * box; saving it gives `onEdit(messageId, text)` the new text (which branches the thread from there).
+ */
+function drawUser(li, block, editable, onEdit) {
+  if (li.dataset.text !== block.text) {
+    li.dataset.text = block.text;
+    const bubble = document.createElement("div");
+    bubble.className = "bubble";
+    bubble.textContent = block.text; // a user's words are shown as typed, never as HTML
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "quiet edit";
+    edit.dataset.testid = "edit-message";
+    edit.textContent = "Edit";
+    edit.setAttribute("aria-label", "Edit this message (the edited message is answered in a new branch)");
+    edit.addEventListener("click", () => openEditor(li, block, onEdit));
+    li.replaceChildren(bubble, edit);
+  }
+  const editing = Boolean(li.querySelector(".editor"));
+  li.querySelector(".edit").hidden = !editable || editing;
+  if (!editable && editing) closeEditor(li, false);
+}
+
+function openEditor(li, block, onEdit) {
+  const editor = document.createElement("form");
+  editor.className = "editor";
+  editor.innerHTML = `
+    <textarea class="edit-text" rows="3" aria-label="Edited message" data-testid="edit-text"></textarea>
+    <div class="editor-actions">
+      <button type="submit" class="primary" data-testid="edit-save">Send in a new branch</button>
+      <button type="button" class="cancel">Cancel</button>
+      <span class="error" role="alert"></span>
+    </div>`;
+  const text = editor.querySelector("textarea");
+  text.value = block.text;
+  editor.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const edited = text.value.trim();
+    if (!edited) return;
+    for (const button of editor.querySelectorAll("button")) button.disabled = true;
+    onEdit(block.id, edited, (message) => {
+      editor.querySelector(".error").textContent = message;
+      for (const button of editor.querySelectorAll("button")) button.disabled = false;
+    });
+  });
+  editor.querySelector(".cancel").addEventListener("click", () => closeEditor(li, true));
+  text.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation(); // closes the editor; does not stop a run
+      closeEditor(li, true);
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      editor.requestSubmit();
+    }
+  });
+  li.querySelector(".bubble").hidden = true;
+  li.querySelector(".edit").hidden = true;
+  li.append(editor);
+  text.focus();
+}
+
+function closeEditor(li, refocus) {
+  li.querySelector(".editor")?.remove();
+  li.querySelector(".bubble").hidden = false;
+  const edit = li.querySelector(".edit");
+  if (refocus) {
+    edit.hidden = false;
+    edit.focus();
+  }
 }
 
 function drawAssistant(li, block) {
