@@ -1,13 +1,17 @@
-"""The UI's client logic (fold.js, sse.js, session.js) run in the browser, checked against the
-server: folding a real thread's log in JavaScript renders what the server stores (invariant 3),
-exactly as the reference fold in tether/transcript.py does."""
+"""The UI's client logic (fold.js, sse.js, session.js, schema.js) run in the browser, checked against
+the server: folding a real thread's log in JavaScript renders what the server stores (invariant 3),
+exactly as the reference fold in tether/transcript.py does, and the page refuses the tool arguments
+that the tool's own validator refuses."""
 
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import httpx
 import pytest
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_ai import Tool
 
 from tether.client import TetherClient
 from tether.transcript import comparable, fold
@@ -154,3 +158,50 @@ async def test_tool_cards_get_their_status_from_results_and_pending_calls(server
         ["waiting", "awaiting approval", None],
         ["running", "running", None],
     ]
+
+
+class Address(BaseModel):
+    city: str = Field(min_length=1)
+    zip: str | None = None
+
+
+def ship(  # a tool with the argument shapes pydantic writes schemas for: $defs, anyOf, enums, bounds
+    to: Address, items: list[str], priority: Literal["low", "high"] = "low", copies: int = Field(1, ge=1, le=5)
+) -> str:
+    return "shipped"
+
+
+CHECK_IN_JS = """async ([schema, values]) => {
+  const { check } = await import('/ui/js/schema.js');
+  return values.map((value) => check(schema, value));
+}"""
+
+
+async def test_schema_js_refuses_what_the_tool_s_validator_refuses(server, context):
+    page = await context.new_page()
+    await page.goto(server.url)
+    tool = Tool(ship)
+    values = [
+        {"to": {"city": "Oslo"}, "items": ["a"]},
+        {"to": {"city": "Oslo", "zip": None}, "items": [], "priority": "high", "copies": 5},
+        {"to": {"city": "Oslo", "zip": "0150"}, "items": ["a", "b"], "copies": 1},
+        {"to": {"city": ""}, "items": []},
+        {"to": {}, "items": []},
+        {"to": {"city": "Oslo", "zip": 150}, "items": []},
+        {"to": {"city": "Oslo"}, "items": "a"},
+        {"to": {"city": "Oslo"}, "items": [1]},
+        {"to": {"city": "Oslo"}, "items": [], "priority": "urgent"},
+        {"to": {"city": "Oslo"}, "items": [], "copies": 0},
+        {"to": {"city": "Oslo"}, "items": [], "copies": 6},
+        {"to": {"city": "Oslo"}, "items": [], "copies": 2.5},
+        {"to": {"city": "Oslo"}, "items": [], "extra": True},
+        {"items": []},
+    ]
+    verdicts = await page.evaluate(CHECK_IN_JS, [tool.function_schema.json_schema, values])
+    for value, problems in zip(values, verdicts, strict=True):
+        try:
+            tool.function_schema.validator.validate_python(value, strict=True)
+            valid = True
+        except ValidationError:
+            valid = False
+        assert (problems == []) == valid, (value, problems)

@@ -440,6 +440,11 @@ class Engine:
             again = sorted(set(decisions) & set(before))
             if again:
                 raise Conflict(f"already decided: {', '.join(again)}", code="already_decided")
+            edited = {i: d.args for i, d in decisions.items() if d.approved and d.args is not None}
+            if edited:
+                thread = await self.get_thread(run.thread_id, user)
+                for call_id, args in edited.items():
+                    self.agents.check_args(thread.agent, pending[call_id].tool_name, args)
             after = {**before, **decisions}
             complete = set(after) == set(pending)
             if not await self.store.decide(run_id, before, after, complete):

@@ -488,7 +488,7 @@ function draw() {
     const blocks = chatBlocks(messages, { timings: session.timings, pending: thread.pending, active });
     const editable = !active && !current.loading && !current.placeholder;
     drawMessages($("messages"), blocks, thread.status === "running", { editable, onEdit: editMessage });
-    drawApprovals($("approvals"), thread.pending, decide);
+    drawApprovals($("approvals"), thread.pending, decide, (tool) => toolSchema(thread, tool));
     drawComposer(thread, blocks, current.loading);
     if (focusInputOnDraw) {
       focusInputOnDraw = false;
@@ -502,6 +502,12 @@ function draw() {
 }
 
 /** @param {object|null} thread null: the first screen, where the message starts a thread */
+/** The JSON schema of the arguments of a tool of the thread's agent (GET v1/agents), or null if unknown. */
+function toolSchema(thread, toolName) {
+  const agent = served?.agents.find((a) => a.name === (thread.agent ?? served.default));
+  return agent?.tools.find((t) => t.name === toolName)?.parameters ?? null;
+}
+
 /** A branch names the thread it was forked from, as a link back to it. */
 function drawBranchOf(thread) {
   const link = $("branch-of");

@@ -5,6 +5,7 @@
 // half-typed denial reason survives the next event.
 
 import { renderMarkdown } from "./markdown.js";
+import { changes, check } from "./schema.js";
 
 /**
  * @param {HTMLElement} list
@@ -227,23 +228,24 @@ function formatDuration(ms) {
 }
 
 /**
- * The approval panel: one row per pending call, each decided on its own.
+ * The approval panel: one row per pending call, each decided on its own, its arguments editable.
  *
  * @param {HTMLElement} panel
  * @param {object[]} pending [{toolCallId, toolName, args, decision}]
  * @param {(call: object, decision: object) => void} onDecide
+ * @param {(toolName: string) => object|null} schemaOf the JSON schema of a tool's arguments, if known
  */
-export function drawApprovals(panel, pending, onDecide) {
+export function drawApprovals(panel, pending, onDecide, schemaOf = () => null) {
   const signature = JSON.stringify(pending);
   if (panel.dataset.signature === signature) return;
   panel.dataset.signature = signature;
   panel.hidden = pending.length === 0;
   const heading = document.createElement("h2");
   heading.textContent = pending.length > 1 ? `${pending.length} tool calls wait for your approval` : "A tool call waits for your approval";
-  panel.replaceChildren(heading, ...pending.map((call) => approvalRow(call, onDecide)));
+  panel.replaceChildren(heading, ...pending.map((call) => approvalRow(call, onDecide, schemaOf)));
 }
 
-function approvalRow(call, onDecide) {
+function approvalRow(call, onDecide, schemaOf) {
   const row = document.createElement("div");
   row.className = "approval";
   row.dataset.toolCallId = call.toolCallId;
@@ -258,28 +260,106 @@ function approvalRow(call, onDecide) {
     row.append(decided);
     return row;
   }
+  const editor = argsEditor(call, schemaOf(call.toolName));
   const actions = document.createElement("div");
   actions.className = "actions";
   actions.innerHTML = `
+    <button type="button" class="edit-args" data-testid="edit-args" aria-expanded="false">Edit arguments</button>
     <input type="text" class="reason" placeholder="Why deny? (optional)" aria-label="Reason for a denial">
     <label><input type="checkbox" class="remember"> Always allow <span class="tool-name"></span> in this thread</label>
     <button type="button" class="primary approve">Approve</button>
     <button type="button" class="danger deny">Deny</button>
     <span class="error" role="alert"></span>`;
   actions.querySelector(".tool-name").textContent = call.toolName;
+  const approve = actions.querySelector(".approve");
+  const toggle = actions.querySelector(".edit-args");
+  toggle.addEventListener("click", () => {
+    const open = editor.element.hidden;
+    editor.element.hidden = !open;
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.textContent = open ? "Keep the arguments" : "Edit arguments";
+    editor.reset();
+    if (open) editor.focus();
+  });
+  editor.onChange = (ok) => {
+    approve.disabled = !ok;
+    approve.textContent = editor.edited() ? "Approve with these arguments" : "Approve";
+  };
   const decide = (approved) => {
     const decision = { approved };
     const reason = actions.querySelector(".reason").value.trim();
     if (!approved && reason) decision.reason = reason;
     if (approved && actions.querySelector(".remember").checked) decision.remember = true;
+    const edited = editor.edited();
+    if (approved && edited) decision.args = edited;
     for (const button of actions.querySelectorAll("button")) button.disabled = true;
     onDecide(call, decision, (message) => {
       actions.querySelector(".error").textContent = message;
       for (const button of actions.querySelectorAll("button")) button.disabled = false;
     });
   };
-  actions.querySelector(".approve").addEventListener("click", () => decide(true));
+  approve.addEventListener("click", () => decide(true));
   actions.querySelector(".deny").addEventListener("click", () => decide(false));
-  row.append(actions);
+  row.append(editor.element, actions);
   return row;
+}
+
+/**
+ * A call's arguments as editable JSON, checked as one types against the tool's schema, with what the
+ * edit changes. `edited()`: the new arguments, or null while they are the model's (or the box is closed).
+ */
+function argsEditor(call, schema) {
+  const element = document.createElement("div");
+  element.className = "args-editor";
+  element.hidden = true;
+  element.innerHTML = `
+    <textarea class="args" rows="4" spellcheck="false" data-testid="args-text"></textarea>
+    <ul class="args-changes" data-testid="args-changes" aria-label="What the edit changes"></ul>
+    <p class="args-problem" role="alert" data-testid="args-problem"></p>`;
+  const text = element.querySelector("textarea");
+  text.setAttribute("aria-label", `Arguments of ${call.toolName} as JSON`);
+  const editor = { element, onChange: () => {}, value: null };
+  const update = () => {
+    const [value, problems] = parse(text.value, schema);
+    editor.value = problems.length ? null : value;
+    element.querySelector(".args-problem").textContent = problems.join("; ");
+    const changed = value && !problems.length ? changes(call.args, value) : [];
+    element.querySelector(".args-changes").replaceChildren(
+      ...changed.map(({ name, before, after }) => {
+        const item = document.createElement("li");
+        item.textContent =
+          before === undefined
+            ? `${name}: added ${JSON.stringify(after)}`
+            : after === undefined
+              ? `${name}: removed (was ${JSON.stringify(before)})`
+              : `${name}: ${JSON.stringify(before)} → ${JSON.stringify(after)}`;
+        return item;
+      }),
+    );
+    editor.onChange(element.hidden || problems.length === 0);
+  };
+  editor.reset = () => {
+    text.value = JSON.stringify(call.args, null, 2);
+    update();
+  };
+  editor.focus = () => text.focus();
+  editor.edited = () =>
+    !element.hidden && editor.value && changes(call.args, editor.value).length ? editor.value : null;
+  text.addEventListener("input", update);
+  text.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") event.stopPropagation(); // Esc here must not stop the run
+  });
+  return editor;
+}
+
+/** The arguments typed, and what is wrong with them (not JSON, not an object, not what the tool takes). */
+function parse(source, schema) {
+  let value;
+  try {
+    value = JSON.parse(source);
+  } catch (error) {
+    return [null, [`not JSON: ${error.message}`]];
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return [null, ["the arguments must be a JSON object"]];
+  return [value, schema ? check(schema, value) : []];
 }
