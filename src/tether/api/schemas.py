@@ -123,6 +123,25 @@ class PendingCallOut(BaseModel):
     decision: DecisionIn | None = None
 
 
+class UsageOut(BaseModel):
+    """pydantic-ai's RunUsage of a run, over all its executions, with the model that answered."""
+
+    model_config = ConfigDict(extra="allow")  # RunUsage's other counters (audio, reasoning, cost) as they are
+
+    requests: int = Field(description="Model requests made.")
+    tool_calls: int = Field(description="Tool calls executed.")
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    details: dict[str, int] = Field(default_factory=dict, description="The provider's own counters.")
+    model: str | None = Field(description="The model that gave the run's last answer (its `model_name`).")
+    message_id: str | None = Field(
+        description="The run's last assistant message (its id in GET /v1/threads/{tid}): where its usage belongs."
+    )
+
+
 class RunOut(BaseModel):
     id: str
     thread_id: str
@@ -138,6 +157,9 @@ class RunOut(BaseModel):
     worker: str | None = Field(description="The worker executing the run (holding its lease), while it runs.")
     pending_approvals: list[PendingCallOut] = Field(
         description="Tool calls waiting for a decision (with the decisions made so far) while awaiting_approval."
+    )
+    usage: UsageOut | None = Field(
+        default=None, description="What the run used so far (tokens, requests); null before its first model request."
     )
 
     @classmethod

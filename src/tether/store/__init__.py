@@ -117,6 +117,8 @@ class Run:
     """A cancel asked for while another worker executed the run (the reason); its executor acts on it."""
     cancel_discards: bool = False
     """The requested cancel is an interrupt: the unfinished model response is dropped."""
+    usage: dict[str, Any] | None = None
+    """What the run used so far, over all its executions (see tether.engine.usage); None before its first step."""
 
 
 @dataclass

@@ -49,7 +49,7 @@ log = logging.getLogger("tether.store")
 _RUN_COLUMNS = (
     "id, thread_id, status, input, multitask, model, created_at, started_at, finished_at, error, "
     "pending_approvals, decisions, base_checkpoint_id, retry_of, inflight_response, recoveries, "
-    "ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards"
+    "ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards, usage"
 )
 _UPDATABLE_RUN_FIELDS = {
     "status",
@@ -66,6 +66,7 @@ _UPDATABLE_RUN_FIELDS = {
     "released",
     "cancel_requested",
     "cancel_discards",
+    "usage",
 }
 _ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
 _LIVE = "'running', 'awaiting_approval'"
@@ -620,7 +621,7 @@ def _thread(row: tuple[Any, ...]) -> Thread:
 
 def _run(row: tuple[Any, ...]) -> Run:
     (*head, pending, decisions, base_checkpoint_id, retry_of, inflight, recoveries) = row[:16]
-    ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards = row[16:]
+    ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards, usage = row[16:]
     return Run(
         *head,
         pending_approvals=[PendingCall(**c) for c in json.loads(pending)] if pending else None,
@@ -636,6 +637,7 @@ def _run(row: tuple[Any, ...]) -> Run:
         released=released,
         cancel_requested=cancel_requested,
         cancel_discards=bool(cancel_discards),
+        usage=json.loads(usage) if usage else None,
     )
 
 
@@ -664,6 +666,7 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         run.released,
         run.cancel_requested,
         run.cancel_discards,
+        json.dumps(run.usage) if run.usage is not None else None,
     )
 
 
@@ -688,4 +691,6 @@ def _encode_run_field(name: str, value: Any) -> Any:
         return _json_pending(value)
     if name == "decisions":
         return _json_decisions(value)
+    if name == "usage":
+        return json.dumps(value) if value is not None else None
     return value

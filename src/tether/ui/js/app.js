@@ -8,7 +8,7 @@ import { Pages } from "./pages.js";
 import { ACTIVE, chatBlocks, ThreadSession, threadStatus } from "./session.js";
 import { askForToken, drawAccount, signingIn } from "./signin.js";
 import { sleep } from "./sse.js";
-import { drawAgentPicker, drawApprovals, drawMessages, drawThreadList, statusLabel } from "./view.js";
+import { drawAgentPicker, drawApprovals, drawMessages, drawThreadList, drawThreadUsage, statusLabel } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -293,7 +293,7 @@ async function openThread(threadId) {
   thread.parent = detail.parent_thread_id ?? null;
   const run = detail.active_run;
   setRunState(threadId, run?.id ?? null, run ? run.status : detail.last_run_status, { pending: run ? pendingOf(run) : [] });
-  if (!run && detail.last_run_status === "failed") loadFailure(threadId);
+  loadRuns(threadId, !run && detail.last_run_status === "failed");
   if (!restored) {
     if (detail.messages_seq !== null) {
       current.session = new ThreadSession(threadId, detail.messages, detail.messages_seq);
@@ -388,11 +388,13 @@ function onThreadEvent(threadId, event, session) {
   }
 }
 
-async function loadFailure(threadId) {
+/** The open thread's runs: what each used (for the answers the stream has not told of), and why the last failed. */
+async function loadRuns(threadId, failed) {
   try {
     const { runs } = await api.runs(threadId);
+    if (current?.id === threadId) current.session?.learnUsage(runs);
     const last = runs.at(-1);
-    if (last?.status === "failed" && info(threadId).status === "failed") info(threadId).error = last.error;
+    if (failed && last?.status === "failed" && info(threadId).status === "failed") info(threadId).error = last.error;
     redraw();
   } catch (error) {
     showError(error);
@@ -470,6 +472,7 @@ function draw() {
     $("chat-status").textContent = "";
     $("approvals").hidden = true;
     $("run-error").hidden = true;
+    $("thread-usage").hidden = true;
     document.title = "Tether";
     drawComposer(null, [], false);
     return;
@@ -485,7 +488,8 @@ function draw() {
   if (open) {
     const session = current.session;
     const messages = current.placeholder ? current.placeholder.messages : session.transcript.messages;
-    const blocks = chatBlocks(messages, { timings: session.timings, pending: thread.pending, active });
+    const blocks = chatBlocks(messages, { timings: session.timings, pending: thread.pending, active, usage: session.usage });
+    drawThreadUsage($("thread-usage"), session.totalUsage());
     const editable = !active && !current.loading && !current.placeholder;
     drawMessages($("messages"), blocks, thread.status === "running", { editable, onEdit: editMessage });
     drawApprovals($("approvals"), thread.pending, decide, (tool) => toolSchema(thread, tool));

@@ -194,6 +194,47 @@ function drawAssistant(li, block) {
     drawToolCard(card, call);
   }
   for (const card of cards.values()) card.remove();
+  drawUsage(li, block.usage);
+}
+
+/** Under an answer: the model that gave it, what its run used, and how long the run took. */
+function drawUsage(li, used) {
+  let line = li.querySelector(":scope > .usage");
+  if (!used) {
+    line?.remove();
+    return;
+  }
+  if (!line) {
+    line = document.createElement("p");
+    line.className = "usage";
+    line.dataset.testid = "usage";
+  }
+  li.append(line); // last, after any tool card added since
+  line.textContent = usageLine(used.usage, used.durationMs);
+}
+
+export function usageLine(usage, durationMs = null) {
+  const parts = [
+    usage.model,
+    plural(usage.requests, "request"),
+    `${count(usage.input_tokens)} in + ${count(usage.output_tokens)} out tokens`,
+    durationMs === null || durationMs === undefined ? null : formatDuration(durationMs),
+  ];
+  return parts.filter(Boolean).join(" · ");
+}
+
+function plural(n, word) {
+  return `${count(n)} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function count(n) {
+  return n.toLocaleString("en-US");
+}
+
+/** The thread's total: runs, model requests and tokens. */
+export function drawThreadUsage(element, total) {
+  element.hidden = total.runs === 0;
+  element.textContent = total.runs ? `${plural(total.runs, "run")} · ${plural(total.requests, "request")} · ${count(total.tokens)} tokens` : "";
 }
 
 function toolCard(callId) {
