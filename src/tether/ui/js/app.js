@@ -4,6 +4,7 @@
 
 import { Api } from "./api.js";
 import { ApiError } from "./errors.js";
+import { download, fileName, threadJson, threadMarkdown } from "./export.js";
 import { Pages } from "./pages.js";
 import { ACTIVE, chatBlocks, ThreadSession, threadStatus } from "./session.js";
 import { askForToken, drawAccount, signingIn } from "./signin.js";
@@ -464,6 +465,7 @@ function draw() {
   $("empty").hidden = Boolean(current);
   $("messages").hidden = !current;
   $("delete-thread").hidden = !current;
+  $("export").hidden = !current;
   $("chat-agent").textContent = current ? agentLabel(info(current.id)) : "";
   $("chat-agent").hidden = !$("chat-agent").textContent;
   drawBranchOf(current ? info(current.id) : null);
@@ -631,6 +633,18 @@ async function editMessage(messageId, text, onError) {
   } catch (error) {
     onError(error.message);
   }
+}
+
+/** Save the open thread's stored history as a file: Markdown or JSON. */
+function exportThread(format) {
+  if (!current) return;
+  const threadId = current.id;
+  $("export").open = false;
+  act(async () => {
+    const thread = await api.thread(threadId);
+    if (format === "json") download(fileName(thread, "json"), "application/json", threadJson(thread));
+    else download(fileName(thread, "md"), "text/markdown", threadMarkdown(thread));
+  });
 }
 
 function stop() {
@@ -821,6 +835,8 @@ function wire() {
       forgetThread(threadId);
     });
   });
+  $("export-markdown").addEventListener("click", () => exportThread("markdown"));
+  $("export-json").addEventListener("click", () => exportThread("json"));
   $("chat-title").addEventListener("click", renameInline);
   $("chat-title").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !$("chat-title").isContentEditable) renameInline();
