@@ -182,7 +182,7 @@ async def create_thread(request: Request, body: CreateThread | None = Body(defau
     return thread_out(request, thread)
 
 
-@router.get("/threads", response_model=ThreadList, tags=["threads"])
+@router.get("/threads", response_model=ThreadList, tags=["threads"], responses=errors(400))
 async def list_threads(
     request: Request,
     limit: int = Query(50, ge=1, le=500),
