@@ -39,6 +39,14 @@ async def test_message_ids_are_the_stream_s_and_stay_the_same(server):
     # Every message has the id its stream gave it (the two renderings are otherwise the invariant's).
     assert sorted(m["id"] for m in first) == sorted(m["id"] for m in streamed)
     assert comparable(first) == comparable(streamed)
+    # As the thread goes on, what it had keeps its ids, and what it gains has its stream's.
+    async with TetherClient(server.url) as client:
+        run = await client.send(thread_id, "/tools 1")
+        await wait_for_status(client, run["run_id"], {"completed"})
+        later = (await client.get_thread(thread_id))["messages"]
+        streamed = fold(await thread_events(client, thread_id))
+    assert [m["id"] for m in later[: len(first)]] == [m["id"] for m in first]
+    assert sorted(m["id"] for m in later) == sorted(m["id"] for m in streamed)
 
 
 async def test_a_fork_holds_the_history_before_a_user_message_and_leaves_its_parent(server):

@@ -26,59 +26,81 @@ from tether.store import ClientMessage
 
 def fold(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Apply AG-UI events in order; MESSAGES_SNAPSHOT replaces everything folded so far."""
-    messages: list[dict[str, Any]] = []
-    by_id: dict[str, dict[str, Any]] = {}
-    calls: dict[str, dict[str, Any]] = {}
-    texts: dict[str, list[str]] = {}
-    """A streamed message's text so far, in pieces (joined once at the end: a long answer is 100,000 deltas)."""
-
+    transcript = Transcript()
     for event in events:
+        transcript.apply(event)
+    return transcript.messages()
+
+
+class Transcript:
+    """A fold that goes on: events are applied one by one, and `messages()` gives the transcript so far
+    (as the UI's fold.js keeps one)."""
+
+    def __init__(self) -> None:
+        self._messages: list[dict[str, Any]] = []
+        self._by_id: dict[str, dict[str, Any]] = {}
+        self._calls: dict[str, dict[str, Any]] = {}
+        self._texts: dict[str, list[str]] = {}
+        """Streamed text not yet joined, by message: a long answer is 100,000 deltas, joined once."""
+
+    def apply(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "TEXT_MESSAGE_START":
             message = {"id": event["messageId"], "role": event.get("role", "assistant"), "content": ""}
-            existing = by_id.get(message["id"])
-            if existing is None:
-                messages.append(message)
-                by_id[message["id"]] = message
+            if message["id"] not in self._by_id:
+                self._add(message)
         elif kind == "TEXT_MESSAGE_CONTENT":
             message_id = event["messageId"]
-            pieces = texts.get(message_id)
+            pieces = self._texts.get(message_id)
             if pieces is None:
-                pieces = texts[message_id] = [by_id[message_id]["content"]]
+                pieces = self._texts[message_id] = [self._by_id[message_id]["content"]]
             pieces.append(event["delta"])
         elif kind == "TOOL_CALL_START":
             parent_id = event.get("parentMessageId")
-            parent = by_id.get(parent_id) if parent_id else None
+            parent = self._by_id.get(parent_id) if parent_id else None
             if parent is None:
-                parent = {"id": parent_id or event["toolCallId"], "role": "assistant", "content": ""}
-                messages.append(parent)
-                by_id[parent["id"]] = parent
+                parent = self._add({"id": parent_id or event["toolCallId"], "role": "assistant", "content": ""})
             call = {
                 "id": event["toolCallId"],
                 "type": "function",
                 "function": {"name": event["toolCallName"], "arguments": ""},
             }
             parent.setdefault("toolCalls", []).append(call)
-            calls[call["id"]] = call
+            self._calls[call["id"]] = call
         elif kind == "TOOL_CALL_ARGS":
-            calls[event["toolCallId"]]["function"]["arguments"] += event["delta"]
+            self._calls[event["toolCallId"]]["function"]["arguments"] += event["delta"]
         elif kind == "TOOL_CALL_RESULT":
-            message = {
-                "id": event["messageId"],
-                "role": "tool",
-                "content": event["content"],
-                "toolCallId": event["toolCallId"],
-            }
-            messages.append(message)
-            by_id[message["id"]] = message
+            self._add(
+                {
+                    "id": event["messageId"],
+                    "role": "tool",
+                    "content": event["content"],
+                    "toolCallId": event["toolCallId"],
+                }
+            )
         elif kind == "MESSAGES_SNAPSHOT":
-            messages = [dict(m) for m in event["messages"]]
-            by_id = {m["id"]: m for m in messages}
-            calls = {c["id"]: c for m in messages for c in m.get("toolCalls", [])}
-            texts = {}
-    for message_id, pieces in texts.items():
-        by_id[message_id]["content"] = "".join(pieces)
-    return messages
+            self._messages = [dict(m) for m in event["messages"]]
+            self._by_id = {m["id"]: m for m in self._messages}
+            self._calls = {c["id"]: c for m in self._messages for c in m.get("toolCalls", [])}
+            self._texts = {}
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The transcript so far, as new dicts (applying more events later does not change them)."""
+        for message_id, pieces in self._texts.items():
+            joined = "".join(pieces)
+            self._by_id[message_id]["content"] = joined
+            pieces[:] = [joined]
+        return [
+            {**m, "toolCalls": [{**c, "function": dict(c["function"])} for c in m["toolCalls"]]}
+            if "toolCalls" in m
+            else dict(m)
+            for m in self._messages
+        ]
+
+    def _add(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._messages.append(message)
+        self._by_id[message["id"]] = message
+        return message
 
 
 class ClientIds:
@@ -116,11 +138,8 @@ class ClientIds:
         return event
 
 
-def transcript(log: list[Event], ids: ClientIds | None = None) -> list[dict[str, Any]]:
-    """The thread's messages (AG-UI), by the ids the log gave them, or by their clients' ids: the log
-    renamed, then folded."""
-    if ids is None:
-        return fold([json.loads(e.data) for e in log])
+def transcript(log: list[Event], ids: ClientIds) -> list[dict[str, Any]]:
+    """The thread's messages (AG-UI) by their clients' ids: the log renamed, then folded."""
     return fold([ids.rename(e.run_id, json.loads(e.data)) for e in log])
 
 

@@ -204,7 +204,7 @@ async def list_threads(
 async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
     eng = engine(request)
     thread = await eng.get_thread(thread_id, caller(request))
-    messages, last_seq, messages_seq = await eng.thread_messages(thread_id)
+    messages, last_seq, messages_seq = await eng.thread_messages(thread)
     active = await eng.active_runs(thread_id)
     current = next((r for r in active if r.status != "queued"), active[0] if active else None)
     return ThreadDetail(

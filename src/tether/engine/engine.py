@@ -32,6 +32,7 @@ from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.config import Settings, new_worker_id
 from tether.engine import branch, collector
 from tether.engine.agui import messages_snapshot
+from tether.engine.folds import LogFolds
 from tether.engine.journal import Journal
 from tether.engine.runner import dump_history, load_history
 from tether.engine.streams import REPLAY_PAGE, Follower
@@ -52,7 +53,7 @@ from tether.store import (
     Thread,
 )
 from tether.tracing import tracer_of
-from tether.transcript import transcript, with_log_ids
+from tether.transcript import with_log_ids
 
 log = logging.getLogger("tether.engine")
 
@@ -100,6 +101,7 @@ class Engine:
         self._housekeeping: asyncio.Task[None] | None = None
         self._streams: Counter[str] = Counter()
         """Open streams per user, on this worker."""
+        self._folds = LogFolds(lambda thread_id, after, upto: self._read_log(thread_id, upto, after))
         self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         """Serialise one process's requests per thread; across workers the store's transactions decide."""
         self._accepting = False
@@ -222,20 +224,21 @@ class Engine:
             await self.journal.commit()
             await self.store.delete_thread(thread_id)
             self.journal.forget_thread(thread_id)
+            self._folds.forget(thread_id)
             self.journal.feed(thread_id, None, feed_notice("thread.deleted", thread_id), user_id=user)
             await self.journal.commit()
 
-    async def thread_messages(self, thread_id: str) -> tuple[list[dict[str, Any]], int, int | None]:
+    async def thread_messages(self, thread: Thread) -> tuple[list[dict[str, Any]], int, int | None]:
         """The thread's stored history as AG-UI messages, its last seq, and the seq the history is
         current to: the last seq if no run was active (so a client can fold the events after it onto
         these messages), else None (a run's partial answer is only in the log). The messages have the
         ids the thread's stream gave them (see tether.transcript), the same at every call."""
-        snapshot = await self.store.thread_snapshot(thread_id)
+        snapshot = await self.store.thread_snapshot(thread.id)
         messages = []
         if snapshot.checkpoint is not None:
             dumped = AGUIAdapter.dump_messages(load_history(snapshot.checkpoint))
             stored = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in dumped]
-            messages = with_log_ids(stored, transcript(await self._read_log(thread_id, snapshot.last_seq)))
+            messages = with_log_ids(stored, await self._folds.messages(thread, snapshot.last_seq))
         return messages, snapshot.last_seq, None if snapshot.run_active else snapshot.last_seq
 
     async def fork(self, thread_id: str, user: str, before_message_id: str, title: str | None = None) -> Thread:
@@ -250,7 +253,7 @@ class Engine:
             raise Conflict(
                 f"thread {thread_id!r} has an active run; fork it once that run has ended", code="thread_busy"
             )
-        logged = transcript(await self._read_log(thread_id, snapshot.last_seq))
+        logged = await self._folds.messages(parent, snapshot.last_seq)
         users = [m["id"] for m in logged if m["role"] == "user"]
         if before_message_id not in users:
             if any(m["id"] == before_message_id for m in logged):
@@ -686,10 +689,10 @@ class Engine:
         """The thread's events up to seq `upto`, in order: what its clients were sent."""
         return await self._read_log(thread.id, upto)
 
-    async def _read_log(self, thread_id: str, upto: int) -> list[events.Event]:
+    async def _read_log(self, thread_id: str, upto: int, after: int = 0) -> list[events.Event]:
         log: list[events.Event] = []
         while True:
-            page = await self.store.read_events(thread_id, log[-1].seq if log else 0, REPLAY_PAGE)
+            page = await self.store.read_events(thread_id, log[-1].seq if log else after, REPLAY_PAGE)
             for event in page:
                 if event.seq > upto:
                     return log
