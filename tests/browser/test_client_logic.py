@@ -1,4 +1,4 @@
-"""The UI's client logic (fold.js, sse.js, session.js, schema.js) run in the browser, checked against
+"""The UI's client logic (fold.js, sse.js, session.js, schema.js, streamed.js) run in the browser, checked against
 the server: folding a real thread's log in JavaScript renders what the server stores (invariant 3),
 exactly as the reference fold in tether/transcript.py does, and the page refuses the tool arguments
 that the tool's own validator refuses."""
@@ -6,6 +6,7 @@ that the tool's own validator refuses."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
 import httpx
@@ -205,3 +206,52 @@ async def test_schema_js_refuses_what_the_tool_s_validator_refuses(server, conte
         except ValidationError:
             valid = False
         assert (problems == []) == valid, (value, problems)
+
+
+LONG_PARAGRAPH = " ".join(
+    f"*stressed {i}* and `code {i}` and [a link](https://example.org/{i})" if i % 97 == 0 else f"word{i}"
+    for i in range(3000)
+)
+MARKDOWN = [
+    "# A heading\n\nSome *text* with `code`.\n\n- one\n- two\n\n1. first\n\n2. second\n",
+    "```python\ndef f():\n\n    return 1\n```\n\nafter the fence\n\n~~~\n```\nstill code\n\n~~~\nend",
+    "> a quote\n> that goes on\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n---\n\nlast *paragraph",
+    LONG_PARAGRAPH,
+    f"intro\n\n{LONG_PARAGRAPH}\n\noutro",
+    'hi <img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script> [x](javascript:alert(1))',
+]
+
+STREAM_IN_JS = """async ([texts, sizes]) => {
+  const { StreamedMarkdown } = await import('/ui/js/streamed.js');
+  const { renderMarkdown } = await import('/ui/js/markdown.js');
+  const squash = (s) => s.replace(/\\s+/g, ' ').trim();
+  return texts.map((text) => {
+    const whole = document.createElement('div');
+    new StreamedMarkdown(whole).update(text);
+    const once = document.createElement('div');
+    once.innerHTML = renderMarkdown(text);
+    const streamed = sizes.map((size) => {
+      const element = document.createElement('div');
+      const view = new StreamedMarkdown(element);
+      for (let end = size; end < text.length + size; end += size) view.update(text.slice(0, end));
+      return element.innerHTML === whole.innerHTML;
+    });
+    return { streamed, sameText: squash(whole.textContent) === squash(once.textContent), html: whole.innerHTML,
+             runs: whole.querySelectorAll('.md-open p > span').length };
+  });
+}"""
+
+
+async def test_streamed_markdown_draws_what_it_would_draw_at_once(server, context):
+    page = await context.new_page()
+    await page.goto(server.url)
+    results = await page.evaluate(STREAM_IN_JS, [MARKDOWN, [3, 7, 64, 1000, 5000]])
+    for text, result in zip(MARKDOWN, results, strict=True):
+        # Streamed in pieces of any size, or drawn at once, the same HTML; and the words Markdown renders.
+        assert result["streamed"] == [True] * 5, text[:80]
+        assert result["sameText"], text[:80]
+        assert not re.search(r"<script|onerror|javascript:", result["html"], re.IGNORECASE)
+    # The long open paragraph is drawn as runs of words, each rendered once.
+    assert results[3]["runs"] >= 5  # 26 KB in runs of 4 KB or more
+    assert "<em>stressed 97</em>" in results[3]["html"] and "<code>code 194</code>" in results[3]["html"]
+    assert await page.evaluate("window.__pwned") is None

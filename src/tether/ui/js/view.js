@@ -4,8 +4,11 @@
 // message that streams in word by word does not redraw the chat, and an open tool card or a
 // half-typed denial reason survives the next event.
 
-import { renderMarkdown } from "./markdown.js";
 import { changes, check } from "./schema.js";
+import { StreamedMarkdown } from "./streamed.js";
+
+/** Each answer's view of its Markdown, drawn a block at a time as it streams (see streamed.js). */
+const answers = new WeakMap();
 
 /**
  * @param {HTMLElement} list
@@ -178,10 +181,8 @@ function drawAssistant(li, block) {
     text.className = "text";
     li.prepend(text);
   }
-  if (text.dataset.source !== block.text) {
-    text.innerHTML = renderMarkdown(block.text);
-    text.dataset.source = block.text;
-  }
+  if (!answers.has(text)) answers.set(text, new StreamedMarkdown(text));
+  answers.get(text).update(block.text);
   text.hidden = !block.text;
   const cards = new Map([...li.querySelectorAll(":scope > .tool")].map((card) => [card.dataset.callId, card]));
   for (const call of block.calls) {
