@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/stream.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/workers.py  # needs PostgreSQL and Redis; bench/pg_drivers.py is run alone
+	$(BIN)/python bench/ui_stream.py  # needs Chromium (make chromium)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis test-results

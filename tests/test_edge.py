@@ -75,7 +75,7 @@ async def test_a_forged_host_is_not_served_on_any_route(start_server):
             for host in ("rebind.evil.example", f"rebind.evil.example:{server.settings.port}", "localhost.evil"):
                 response = await http.request(method, path, json=BODIES.get(template), headers={"Host": host})
                 assert_error(response, 421, "misdirected_request")
-        assert (await http.get("/v1/threads")).json() == {"threads": []}  # nothing was created
+        assert (await http.get("/v1/threads")).json()["threads"] == []  # nothing was created
         for host in ("localhost", f"localhost:{server.settings.port}", "127.0.0.1", "[::1]:8765", "LOCALHOST"):
             assert (await http.get("/v1/threads", headers={"Host": host})).status_code == 200, host
 

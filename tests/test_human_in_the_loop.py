@@ -130,6 +130,30 @@ async def test_edited_arguments_and_always_allow(server):
         await assert_transcript_consistent(client, thread_id)
 
 
+async def test_edited_arguments_the_tool_refuses_are_422_and_decide_nothing(server):
+    async with TetherClient(server.url) as client:
+        _, run_id, paused = await pause_for_approval(client, "original")
+        call_id = paused["pending_approvals"][0]["tool_call_id"]
+        for args, says in (
+            ({"text": 5}, "text: Input should be a valid string"),
+            ({}, "text: Field required"),
+            ({"text": "x", "colour": "red"}, "colour: Extra inputs are not permitted"),
+            ({"text": "x", "ms": "soon"}, "ms: Input should be a valid integer"),
+        ):
+            response = await approve(server.url, run_id, {call_id: {"approved": True, "args": args}})
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "invalid_args"
+            assert says in response.json()["error"]["message"]
+        run = await client.get_run(run_id)
+        assert run["status"] == "awaiting_approval" and run["pending_approvals"][0]["decision"] is None
+        # Valid edited arguments are taken, and the tool runs once, with them.
+        response = await approve(server.url, run_id, {call_id: {"approved": True, "args": {"text": "fixed", "ms": 1}}})
+        assert response.status_code == 202, response.text
+        await wait_for_status(client, run_id, {"completed"})
+        assert notes(server.settings.data_dir) == ["fixed"]
+        assert len(tool_log(server.settings.data_dir)) == 1
+
+
 async def test_cancel_a_run_awaiting_approval(server):
     async with TetherClient(server.url) as client:
         thread_id, run_id, _ = await pause_for_approval(client)

@@ -137,6 +137,55 @@ async def test_checkpoints_store_what_they_add_and_read_back_whole(open_stores):
     assert first is not None and first.messages == shapes[0]
 
 
+def said(*texts: str) -> list[bytes]:
+    """A history of user prompts and model answers, in turn, as checkpoints store it."""
+    return [
+        json.dumps(
+            {"parts": [{"content": text, "part_kind": "user-prompt"}], "kind": "request"}
+            if i % 2 == 0
+            else {"parts": [{"content": text, "part_kind": "text"}], "kind": "response"},
+            separators=(",", ":"),
+        ).encode()
+        for i, text in enumerate(texts)
+    ]
+
+
+async def test_the_search_index_follows_each_thread_s_latest_history(open_stores):
+    (store,) = await open_stores()
+    thread, other = await a_thread(store), await a_thread(store)
+    await store.update_thread(thread.id, title="Quarterly café")
+    long_answer = " ".join(f"word{i}" for i in range(5000))  # indexed in rows of 2,000 words
+    shapes = [
+        said("alpha question"),
+        said("alpha question", "beta answer"),
+        said("alpha question", "beta answer", "delta please", long_answer),
+        said("alpha question", "gamma answer"),  # a rewind: what came after the first message goes
+    ]
+    previous: list[bytes] = []
+    found: list[dict[str, list[str]]] = []
+    for messages in shapes:
+        checkpoint = Checkpoint(thread.id, None, messages, time.time(), follows=previous)
+        await store.write(WriteBatch(checkpoints=[checkpoint]))
+        previous = messages
+        words = ("alpha", "beta", "gamma", "delta", "word4999", "word0 word1", "quarterly caf", "ALPHA QUEST")
+        found.append({w: [t.id for t in await store.list_threads(DEFAULT_USER, 10, query=w)] for w in words})
+    mine = [thread.id]
+    assert found[0] == {"alpha": mine, "beta": [], "gamma": [], "delta": [], "word4999": [], "word0 word1": [],
+                        "quarterly caf": mine, "ALPHA QUEST": mine}  # fmt: skip
+    assert found[1]["beta"] == mine
+    assert (found[2]["delta"], found[2]["word4999"], found[2]["word0 word1"]) == (mine, mine, mine)
+    assert found[3] == {**found[0], "gamma": mine}
+    await store.update_thread(thread.id, title="Renamed")
+    assert await store.list_threads(DEFAULT_USER, 10, query="quarterly") == []
+    assert [t.id for t in await store.list_threads(DEFAULT_USER, 10, query="renamed")] == mine
+    await store.update_thread(other.id, title="alpha too")
+    assert {t.id for t in await store.list_threads(DEFAULT_USER, 10, query="alpha")} == {thread.id, other.id}
+    await store.delete_thread(thread.id)
+    assert [t.id for t in await store.list_threads(DEFAULT_USER, 10, query="alpha")] == [other.id]
+    rows = await store.db.fetch("SELECT COUNT(*) FROM thread_text WHERE thread_id = ?", (thread.id,))  # type: ignore[attr-defined]
+    assert rows[0][0] == 0
+
+
 async def stored_checkpoint_bytes(store: Store) -> int:
     rows = await store.db.fetch("SELECT SUM(LENGTH(messages)) FROM checkpoints")  # type: ignore[attr-defined]
     return rows[0][0]
@@ -180,6 +229,9 @@ async def test_a_version_3_database_is_migrated_with_its_checkpoints_as_deltas(t
         (thread,) = await store.list_threads(DEFAULT_USER, 10)
         assert (thread.id, thread.user_id, thread.agent) == ("t", "default", None)
         assert {item.user_id for item in await store.read_feed(0, 10)} == {"default"}
+        # Made before the search index existed: indexed by the migration, from its latest history.
+        assert [t.id for t in await store.list_threads(DEFAULT_USER, 10, query="m1")] == ["t"]
+        assert await store.list_threads(DEFAULT_USER, 10, query="m2") == []  # rewound away before
     finally:
         await store.close()
     with sqlite3.connect(path) as db:

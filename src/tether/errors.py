@@ -26,6 +26,13 @@ class NotFound(TetherError):
     code = "not_found"
 
 
+class Unprocessable(TetherError):
+    """Well-formed input that cannot be used as it is (edited tool arguments the tool refuses)."""
+
+    status = 422
+    code = "unprocessable"
+
+
 class Conflict(TetherError):
     status = 409
     code = "conflict"

@@ -23,6 +23,9 @@ from pydantic_core import to_json
 RUN_FINISHED = "RUN_FINISHED"
 RUN_ERROR = "RUN_ERROR"
 
+NO_RUN = ""
+"""The run id of an event that no run wrote: the MESSAGES_SNAPSHOT that begins a forked thread's log."""
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

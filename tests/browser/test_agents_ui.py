@@ -51,6 +51,19 @@ async def test_a_new_thread_gets_the_agent_chosen(start_server, context):
     await expect(other_row.get_by_test_id("thread-agent")).to_have_text("first")
 
 
+async def test_the_first_screen_starts_a_thread_with_the_agent_chosen(start_server, context):
+    server = start_server(agents=AGENTS)
+    chat = await ChatPage(await context.new_page(), server.url).open()
+    await chat.page.get_by_test_id("agent-select").select_option("second")
+    await chat.send("who answers?")
+    await chat.assert_last_answer("second heard: who answers?")
+    await expect(chat.page.get_by_test_id("chat-agent")).to_have_text("second")
+    async with TetherClient(server.url) as client:
+        thread = await client.get_thread(chat.thread_id)
+    assert (thread["agent"], thread["title"]) == ("second", "who answers?")
+    await settled_runs(server.url, chat.thread_id, 1)
+
+
 async def test_a_thread_made_elsewhere_shows_its_agent(start_server, context):
     server = start_server(agents=AGENTS)
     chat = await ChatPage(await context.new_page(), server.url).open()

@@ -3,6 +3,7 @@ other tabs and server restarts, and a decision in one tab shows in every other."
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 from pathlib import Path
@@ -130,6 +131,44 @@ async def test_several_pending_calls_are_decided_one_by_one(start_server, contex
     )
     await expect(chat.page.locator(".tool[data-status=denied]")).to_have_count(1)
     await expect(chat.page.locator(".tool[data-status=done]")).to_have_count(1)
+
+
+async def test_approve_with_edited_arguments_checked_against_the_tool_s_schema(server, context):
+    chat = await new_chat(context, server.url)
+    await pause_on_approval(chat, "hello")
+    row = chat.approval()
+    await row.get_by_test_id("edit-args").click()
+    box = row.get_by_test_id("args-text")
+    await expect(box).to_be_focused()
+    assert json.loads(await box.input_value()) == {"text": "hello"}
+    approve = row.get_by_role("button", name="Approve")
+    problem = row.get_by_test_id("args-problem")
+    # Refused in the page, with the reason, before anything is sent.
+    for typed, reason in (
+        ('{"text": 5}', "text: must be a string"),
+        ('{"text": "x", "colour": "red"}', "colour: is not an argument of this tool"),
+        ("{}", "text: is required"),
+        ('{"text": "x", "ms": 1.5}', "ms: must be an integer"),
+        ('{"text": ', "not JSON"),
+    ):
+        await box.fill(typed)
+        await expect(problem).to_contain_text(reason)
+        await expect(approve).to_be_disabled()
+    await box.press("Escape")  # inside the editor: the run is not stopped
+    async with TetherClient(server.url) as client:
+        [run] = await client.list_runs(chat.thread_id)
+        assert run["status"] == "awaiting_approval" and run["pending_approvals"][0]["decision"] is None
+    # A valid edit shows what it changes, and is what the tool gets, once.
+    await box.fill('{"text": "hello, edited", "ms": 1}')
+    await expect(problem).to_be_hidden()
+    changes = row.get_by_test_id("args-changes").locator("li")
+    await expect(changes).to_have_text(['text: "hello" → "hello, edited"', "ms: added 1"])
+    await row.get_by_role("button", name="Approve with these arguments").click()
+    await expect(chat.page.locator("#approvals")).to_be_hidden()
+    [run] = await settled_runs(server.url, chat.thread_id, 1)
+    await chat.assert_last_answer("write_note says: saved the note 'hello, edited'")
+    assert notes(server.settings.data_dir) == ["hello, edited"]
+    assert [entry["tool"] for entry in tool_log(server.settings.data_dir)] == ["write_note"]
 
 
 async def test_always_allow_skips_the_dialog_next_time(server, context):

@@ -1,13 +1,18 @@
-"""The UI's client logic (fold.js, sse.js, session.js) run in the browser, checked against the
-server: folding a real thread's log in JavaScript renders what the server stores (invariant 3),
-exactly as the reference fold in tether/transcript.py does."""
+"""The UI's client logic (fold.js, sse.js, session.js, schema.js, streamed.js) run in the browser, checked against
+the server: folding a real thread's log in JavaScript renders what the server stores (invariant 3),
+exactly as the reference fold in tether/transcript.py does, and the page refuses the tool arguments
+that the tool's own validator refuses."""
 
 from __future__ import annotations
 
 import json
+import re
+from typing import Literal
 
 import httpx
 import pytest
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_ai import Tool
 
 from tether.client import TetherClient
 from tether.transcript import comparable, fold
@@ -154,3 +159,99 @@ async def test_tool_cards_get_their_status_from_results_and_pending_calls(server
         ["waiting", "awaiting approval", None],
         ["running", "running", None],
     ]
+
+
+class Address(BaseModel):
+    city: str = Field(min_length=1)
+    zip: str | None = None
+
+
+def ship(  # a tool with the argument shapes pydantic writes schemas for: $defs, anyOf, enums, bounds
+    to: Address, items: list[str], priority: Literal["low", "high"] = "low", copies: int = Field(1, ge=1, le=5)
+) -> str:
+    return "shipped"
+
+
+CHECK_IN_JS = """async ([schema, values]) => {
+  const { check } = await import('/ui/js/schema.js');
+  return values.map((value) => check(schema, value));
+}"""
+
+
+async def test_schema_js_refuses_what_the_tool_s_validator_refuses(server, context):
+    page = await context.new_page()
+    await page.goto(server.url)
+    tool = Tool(ship)
+    values = [
+        {"to": {"city": "Oslo"}, "items": ["a"]},
+        {"to": {"city": "Oslo", "zip": None}, "items": [], "priority": "high", "copies": 5},
+        {"to": {"city": "Oslo", "zip": "0150"}, "items": ["a", "b"], "copies": 1},
+        {"to": {"city": ""}, "items": []},
+        {"to": {}, "items": []},
+        {"to": {"city": "Oslo", "zip": 150}, "items": []},
+        {"to": {"city": "Oslo"}, "items": "a"},
+        {"to": {"city": "Oslo"}, "items": [1]},
+        {"to": {"city": "Oslo"}, "items": [], "priority": "urgent"},
+        {"to": {"city": "Oslo"}, "items": [], "copies": 0},
+        {"to": {"city": "Oslo"}, "items": [], "copies": 6},
+        {"to": {"city": "Oslo"}, "items": [], "copies": 2.5},
+        {"to": {"city": "Oslo"}, "items": [], "extra": True},
+        {"items": []},
+    ]
+    verdicts = await page.evaluate(CHECK_IN_JS, [tool.function_schema.json_schema, values])
+    for value, problems in zip(values, verdicts, strict=True):
+        try:
+            tool.function_schema.validator.validate_python(value, strict=True)
+            valid = True
+        except ValidationError:
+            valid = False
+        assert (problems == []) == valid, (value, problems)
+
+
+LONG_PARAGRAPH = " ".join(
+    f"*stressed {i}* and `code {i}` and [a link](https://example.org/{i})" if i % 97 == 0 else f"word{i}"
+    for i in range(3000)
+)
+MARKDOWN = [
+    "# A heading\n\nSome *text* with `code`.\n\n- one\n- two\n\n1. first\n\n2. second\n",
+    "```python\ndef f():\n\n    return 1\n```\n\nafter the fence\n\n~~~\n```\nstill code\n\n~~~\nend",
+    "> a quote\n> that goes on\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n---\n\nlast *paragraph",
+    LONG_PARAGRAPH,
+    f"intro\n\n{LONG_PARAGRAPH}\n\noutro",
+    'hi <img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script> [x](javascript:alert(1))',
+]
+
+STREAM_IN_JS = """async ([texts, sizes]) => {
+  const { StreamedMarkdown } = await import('/ui/js/streamed.js');
+  const { renderMarkdown } = await import('/ui/js/markdown.js');
+  const squash = (s) => s.replace(/\\s+/g, ' ').trim();
+  return texts.map((text) => {
+    const whole = document.createElement('div');
+    new StreamedMarkdown(whole).update(text);
+    const once = document.createElement('div');
+    once.innerHTML = renderMarkdown(text);
+    const streamed = sizes.map((size) => {
+      const element = document.createElement('div');
+      const view = new StreamedMarkdown(element);
+      for (let end = size; end < text.length + size; end += size) view.update(text.slice(0, end));
+      return element.innerHTML === whole.innerHTML;
+    });
+    return { streamed, sameText: squash(whole.textContent) === squash(once.textContent), html: whole.innerHTML,
+             runs: whole.querySelectorAll('.md-open p > span').length };
+  });
+}"""
+
+
+async def test_streamed_markdown_draws_what_it_would_draw_at_once(server, context):
+    page = await context.new_page()
+    await page.goto(server.url)
+    results = await page.evaluate(STREAM_IN_JS, [MARKDOWN, [3, 7, 64, 1000, 5000]])
+    for text, result in zip(MARKDOWN, results, strict=True):
+        # Streamed in pieces of any size, or drawn at once, the same HTML; and the words Markdown renders.
+        assert result["streamed"] == [True] * 5, text[:80]
+        assert result["sameText"], text[:80]
+        assert not re.search(r"<script|onerror|javascript:", result["html"], re.IGNORECASE)
+    # The long open paragraph is drawn as runs of words, each rendered once.
+    assert results[3]["runs"] >= 5  # 26 KB in runs of 4 KB or more
+    assert "<em>stressed 97</em>" in results[3]["html"] and "<code>code 194</code>" in results[3]["html"]
+    assert await page.evaluate("window.__pwned") is None

@@ -52,6 +52,26 @@ async def test_the_thread_list_follows_the_api_live(server, context):
         assert waiting["id"] not in [t["id"] for t in await client.list_threads()]
 
 
+async def test_the_first_screen_takes_a_message_at_once(server, context):
+    chat = await ChatPage(await context.new_page(), server.url).open()
+    await expect(chat.page.locator("#empty")).to_be_visible()
+    await expect(chat.page.locator("#input")).to_be_focused()  # no click needed before typing
+    await chat.page.keyboard.press("Enter")  # nothing typed: nothing is created
+    await chat.page.keyboard.type("/stream 5")
+    await chat.page.keyboard.press("Enter")
+    await chat.page.keyboard.press("Enter")  # a second Enter while the thread is made sends nothing more
+    await chat.page.wait_for_function("() => location.hash.startsWith('#/t/')")
+    await expect(chat.page.locator("#chat-title")).to_have_text("/stream 5")
+    await chat.assert_last_answer("w1 w2 w3 w4 w5")
+    await expect(chat.page.locator("#input")).to_be_focused()
+    [run] = await settled_runs(server.url, chat.thread_id, 1)
+    assert run["input"] == "/stream 5"
+    async with TetherClient(server.url) as client:
+        [thread] = await client.list_threads()
+    assert (thread["id"], thread["title"]) == (chat.thread_id, "/stream 5")
+    await expect(chat.page.locator(f"#thread-list li[data-thread-id={chat.thread_id}]")).to_contain_text("/stream 5")
+
+
 async def test_the_first_message_names_a_new_thread(server, context):
     chat = await new_chat(context, server.url, "/tools 1")
     await expect(chat.page.locator("#chat-title")).to_have_text("/tools 1")

@@ -57,7 +57,7 @@ class ChatPage:
     async def open(self, thread_id: str | None = None) -> ChatPage:
         await self.page.goto(f"{self.base_url}/" + (f"#/t/{thread_id}" if thread_id else ""))
         if thread_id:
-            await expect(self.page.locator("#composer")).to_be_visible()
+            await expect(self.page.locator("#delete-thread")).to_be_visible()  # the thread is open
         return self
 
     async def new_thread(self) -> str:
@@ -66,7 +66,7 @@ class ChatPage:
         # The new thread's own URL, not the one that was open before.
         opened = "before => location.hash.startsWith('#/t/') && location.hash !== before"
         await self.page.wait_for_function(opened, arg=before)
-        await expect(self.page.locator("#composer")).to_be_visible()
+        await expect(self.page.locator("#delete-thread")).to_be_visible()
         return self.thread_id
 
     @property

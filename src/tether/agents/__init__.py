@@ -15,12 +15,13 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic_ai import Agent
+from pydantic import ValidationError
+from pydantic_ai import Agent, Tool
 from pydantic_ai.models import Model
 from pydantic_ai.toolsets import FunctionToolset
 
 from tether.agents.demo import build_demo_agent
-from tether.errors import BadRequest
+from tether.errors import BadRequest, Unprocessable
 from tether.imports import import_attribute
 
 DEMO = "demo"
@@ -159,6 +160,22 @@ class Agents:
             if served.agent.instrument is None:
                 served.agent.instrument = InstrumentationSettings(tracer_provider=tracer_provider)
 
+    def check_args(self, agent: str | None, tool: str, args: dict[str, Any]) -> None:
+        """Raise Unprocessable (422 invalid_args) unless `args` are valid arguments of the agent's tool, by
+        the tool's own validator: edited arguments of an approval are checked before they are stored. A
+        tool this cannot see (from an MCP server or another toolset) is checked by pydantic-ai as it runs."""
+        served = self.served.get(agent or self.default)
+        found = _function_tool(served.agent, tool) if served is not None else None
+        if found is None:
+            return
+        try:
+            found.function_schema.validator.validate_python(args)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors(include_url=False)
+            )
+            raise Unprocessable(f"the arguments do not fit {tool}: {problems}", code="invalid_args") from exc
+
     def describe(self, model_override: str | None) -> list[dict[str, Any]]:
         """What `GET /v1/agents` shows of each agent."""
         return [
@@ -222,21 +239,25 @@ def _model_name(model: str | Model | Any) -> str | None:
     return str(model)
 
 
-def _tools(agent: Agent[Any, Any]) -> list[dict[str, Any]]:
+def _function_tools(agent: Agent[Any, Any]) -> list[Tool[Any]]:
     """The agent's function tools (those of MCP servers and other toolsets are known only per run)."""
-    tools = []
-    for toolset in agent.toolsets:
-        if isinstance(toolset, FunctionToolset):
-            for tool in toolset.tools.values():
-                tools.append(
-                    {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "requires_approval": bool(tool.requires_approval),
-                        "parameters": tool.function_schema.json_schema,
-                    }
-                )
-    return tools
+    return [tool for ts in agent.toolsets if isinstance(ts, FunctionToolset) for tool in ts.tools.values()]
+
+
+def _function_tool(agent: Agent[Any, Any], name: str) -> Tool[Any] | None:
+    return next((tool for tool in _function_tools(agent) if tool.name == name), None)
+
+
+def _tools(agent: Agent[Any, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": tool.name,
+            "description": tool.description,
+            "requires_approval": bool(tool.requires_approval),
+            "parameters": tool.function_schema.json_schema,
+        }
+        for tool in _function_tools(agent)
+    ]
 
 
 def check_model(model: str) -> None:

@@ -19,6 +19,7 @@ from tether.api.schemas import (
     CreateThread,
     Engines,
     ErrorOut,
+    ForkThread,
     Health,
     Me,
     RunAccepted,
@@ -181,22 +182,29 @@ async def create_thread(request: Request, body: CreateThread | None = Body(defau
     return thread_out(request, thread)
 
 
-@router.get("/threads", response_model=ThreadList, tags=["threads"])
+@router.get("/threads", response_model=ThreadList, tags=["threads"], responses=errors(400))
 async def list_threads(
     request: Request,
     limit: int = Query(50, ge=1, le=500),
-    before: float | None = Query(None, description="Only threads updated before this time (paging)."),
+    before: float | None = Query(None, description="Only threads updated before this time."),
+    q: str | None = Query(
+        None,
+        min_length=1,
+        max_length=500,
+        description="Only threads whose title or one message holds every word of it (each as a word's start).",
+    ),
+    cursor: str | None = Query(None, max_length=500, description="The next page: a list's `next_cursor`."),
 ) -> ThreadList:
-    """The caller's threads, the most recently active first."""
-    threads = await engine(request).list_threads(caller(request), limit, before)
-    return ThreadList(threads=[thread_out(request, t) for t in threads])
+    """The caller's threads, the most recently active first, a page at a time."""
+    threads, next_cursor = await engine(request).list_threads(caller(request), limit, before, cursor=cursor, query=q)
+    return ThreadList(threads=[thread_out(request, t) for t in threads], next_cursor=next_cursor)
 
 
 @router.get("/threads/{thread_id}", response_model=ThreadDetail, tags=["threads"], responses=errors(404))
 async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
     eng = engine(request)
     thread = await eng.get_thread(thread_id, caller(request))
-    messages, last_seq, messages_seq = await eng.thread_messages(thread_id)
+    messages, last_seq, messages_seq = await eng.thread_messages(thread)
     active = await eng.active_runs(thread_id)
     current = next((r for r in active if r.status != "queued"), active[0] if active else None)
     return ThreadDetail(
@@ -212,6 +220,19 @@ async def get_thread(request: Request, thread_id: str) -> ThreadDetail:
 @router.patch("/threads/{thread_id}", response_model=ThreadOut, tags=["threads"], responses=errors(400, 403, 404))
 async def update_thread(request: Request, thread_id: str, body: UpdateThread) -> ThreadOut:
     return thread_out(request, await engine(request).rename_thread(thread_id, caller(request), body.title))
+
+
+@router.post(
+    "/threads/{thread_id}/fork",
+    status_code=201,
+    response_model=ThreadOut,
+    tags=["threads"],
+    responses=errors(400, 403, 404, 409),
+)
+async def fork_thread(request: Request, thread_id: str, body: ForkThread) -> ThreadOut:
+    """A new thread holding this one's history up to (not including) a user message; this one is unchanged."""
+    thread = await engine(request).fork(thread_id, caller(request), body.before_message_id, body.title)
+    return thread_out(request, thread)
 
 
 @router.delete("/threads/{thread_id}", status_code=204, tags=["threads"], responses=errors(403, 404))

@@ -80,6 +80,17 @@ class UpdateThread(Strict):
     title: Title | None
 
 
+class ForkThread(Strict):
+    before_message_id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The user message to branch before, by its id in GET /v1/threads/{tid} or the thread's stream.",
+    )
+    title: str | None = Field(
+        default=None, max_length=200, description="The new thread's title (default: the parent's)."
+    )
+
+
 class CreateRun(Strict):
     input: UserText = Field(description="The user's message.")
     multitask: Literal["reject", "enqueue", "steer", "interrupt"] = Field(
@@ -112,6 +123,25 @@ class PendingCallOut(BaseModel):
     decision: DecisionIn | None = None
 
 
+class UsageOut(BaseModel):
+    """pydantic-ai's RunUsage of a run, over all its executions, with the model that answered."""
+
+    model_config = ConfigDict(extra="allow")  # RunUsage's other counters (audio, reasoning, cost) as they are
+
+    requests: int = Field(description="Model requests made.")
+    tool_calls: int = Field(description="Tool calls executed.")
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    details: dict[str, int] = Field(default_factory=dict, description="The provider's own counters.")
+    model: str | None = Field(description="The model that gave the run's last answer (its `model_name`).")
+    message_id: str | None = Field(
+        description="The run's last assistant message (its id in GET /v1/threads/{tid}): where its usage belongs."
+    )
+
+
 class RunOut(BaseModel):
     id: str
     thread_id: str
@@ -127,6 +157,9 @@ class RunOut(BaseModel):
     worker: str | None = Field(description="The worker executing the run (holding its lease), while it runs.")
     pending_approvals: list[PendingCallOut] = Field(
         description="Tool calls waiting for a decision (with the decisions made so far) while awaiting_approval."
+    )
+    usage: UsageOut | None = Field(
+        default=None, description="What the run used so far (tokens, requests); null before its first model request."
     )
 
     @classmethod
@@ -159,6 +192,9 @@ class ThreadOut(BaseModel):
     last_run_status: RunStatus | None = Field(description="The status of the thread's latest run, if any.")
     user_id: str = Field(description="The user the thread belongs to (only they see it).")
     agent: str = Field(description="The name of the agent that answers the thread.")
+    parent_thread_id: str | None = Field(
+        default=None, description="The thread this one was forked from (null if none, or once it is deleted)."
+    )
 
     @classmethod
     def of(cls, thread: Thread, default_agent: str) -> ThreadOut:
@@ -179,6 +215,9 @@ class ThreadDetail(ThreadOut):
 
 class ThreadList(BaseModel):
     threads: list[ThreadOut]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page (same `q` and `limit`); null after the last."
+    )
 
 
 class RunList(BaseModel):

@@ -14,6 +14,8 @@ and streams, exist only for the user who created it (anyone else gets 404).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 import uuid
@@ -21,7 +23,6 @@ from collections import Counter, defaultdict
 from dataclasses import asdict
 from typing import Any, Literal
 
-from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.models import infer_model
 from pydantic_ai.ui.ag_ui import AGUIAdapter
 
@@ -29,8 +30,11 @@ from tether import events
 from tether.agents import Agents
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.config import Settings, new_worker_id
-from tether.engine import collector
+from tether.engine import branch, collector
+from tether.engine.agui import messages_snapshot
+from tether.engine.folds import LogFolds
 from tether.engine.journal import Journal
+from tether.engine.runner import dump_history, load_history
 from tether.engine.streams import REPLAY_PAGE, Follower
 from tether.engine.worker import Worker
 from tether.errors import BadRequest, Conflict, Gone, NotFound, TooLarge, TooMany, Unavailable
@@ -39,6 +43,7 @@ from tether.metrics import Metrics
 from tether.store import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    Checkpoint,
     ClientMessage,
     ClientRun,
     Decision,
@@ -48,6 +53,7 @@ from tether.store import (
     Thread,
 )
 from tether.tracing import tracer_of
+from tether.transcript import with_log_ids
 
 log = logging.getLogger("tether.engine")
 
@@ -95,6 +101,7 @@ class Engine:
         self._housekeeping: asyncio.Task[None] | None = None
         self._streams: Counter[str] = Counter()
         """Open streams per user, on this worker."""
+        self._folds = LogFolds(lambda thread_id, after, upto: self._read_log(thread_id, upto, after))
         self._thread_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         """Serialise one process's requests per thread; across workers the store's transactions decide."""
         self._accepting = False
@@ -183,8 +190,21 @@ class Engine:
             raise NotFound(f"thread {thread_id!r} not found")
         return thread
 
-    async def list_threads(self, user: str, limit: int, before: float | None = None) -> list[Thread]:
-        return await self.store.list_threads(user, limit, before)
+    async def list_threads(
+        self,
+        user: str,
+        limit: int,
+        before: float | None = None,
+        *,
+        cursor: str | None = None,
+        query: str | None = None,
+    ) -> tuple[list[Thread], str | None]:
+        """A page of the user's threads (most recently updated first), and the cursor of the next page
+        (None after the last). `query`: only the threads whose title or one message holds its words."""
+        after = _decode_cursor(cursor) if cursor is not None else None
+        threads = await self.store.list_threads(user, limit + 1, before, after=after, query=query)
+        page = threads[:limit]
+        return page, _encode_cursor(page[-1]) if len(threads) > limit else None
 
     async def rename_thread(self, thread_id: str, user: str, title: str | None) -> Thread:
         self._check_accepting()
@@ -204,20 +224,71 @@ class Engine:
             await self.journal.commit()
             await self.store.delete_thread(thread_id)
             self.journal.forget_thread(thread_id)
+            self._folds.forget(thread_id)
             self.journal.feed(thread_id, None, feed_notice("thread.deleted", thread_id), user_id=user)
             await self.journal.commit()
 
-    async def thread_messages(self, thread_id: str) -> tuple[list[dict[str, Any]], int, int | None]:
+    async def thread_messages(self, thread: Thread) -> tuple[list[dict[str, Any]], int, int | None]:
         """The thread's stored history as AG-UI messages, its last seq, and the seq the history is
         current to: the last seq if no run was active (so a client can fold the events after it onto
-        these messages), else None (a run's partial answer is only in the log)."""
-        snapshot = await self.store.thread_snapshot(thread_id)
+        these messages), else None (a run's partial answer is only in the log). The messages have the
+        ids the thread's stream gave them (see tether.transcript), the same at every call."""
+        snapshot = await self.store.thread_snapshot(thread.id)
         messages = []
         if snapshot.checkpoint is not None:
-            history = ModelMessagesTypeAdapter.validate_json(snapshot.checkpoint.json())
-            dumped = AGUIAdapter.dump_messages(history)
-            messages = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in dumped]
+            dumped = AGUIAdapter.dump_messages(load_history(snapshot.checkpoint))
+            stored = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in dumped]
+            messages = with_log_ids(stored, await self._folds.messages(thread, snapshot.last_seq))
         return messages, snapshot.last_seq, None if snapshot.run_active else snapshot.last_seq
+
+    async def fork(self, thread_id: str, user: str, before_message_id: str, title: str | None = None) -> Thread:
+        """A new thread, the caller's, holding this thread's history as it was just before one of its
+        user messages (named by the id its stream gave it); this thread is left as it is. The new
+        thread's log begins with a MESSAGES_SNAPSHOT of that history. It keeps the parent's agent and
+        metadata, and its title unless given another; it names its parent (`parent_thread_id`)."""
+        self._check_accepting()
+        parent = await self.get_thread(thread_id, user)
+        snapshot = await self.store.thread_snapshot(thread_id)
+        if snapshot.run_active:
+            raise Conflict(
+                f"thread {thread_id!r} has an active run; fork it once that run has ended", code="thread_busy"
+            )
+        logged = await self._folds.messages(parent, snapshot.last_seq)
+        users = [m["id"] for m in logged if m["role"] == "user"]
+        if before_message_id not in users:
+            if any(m["id"] == before_message_id for m in logged):
+                raise BadRequest(
+                    f"message {before_message_id!r} is not a user message: a fork begins before one",
+                    code="not_a_user_message",
+                )
+            raise BadRequest(
+                f"thread {thread_id!r} has no message {before_message_id!r} (ids are those of "
+                "GET /v1/threads/{tid} and of the thread's stream)",
+                code="unknown_message",
+            )
+        history = branch.history_before(load_history(snapshot.checkpoint), users.index(before_message_id))
+        now = time.time()
+        thread = Thread(
+            id=_new_id("thr"),
+            title=parent.title if title is None else title,
+            created_at=now,
+            updated_at=now,
+            metadata=parent.metadata,
+            user_id=user,
+            agent=parent.agent,
+            parent_thread_id=parent.id,
+        )
+        await self.store.create_thread(thread)
+        await self.journal.open_thread(thread.id)
+        self.journal.checkpoint(Checkpoint(thread.id, None, dump_history(history), now, kind="fork"))
+        event = messages_snapshot(history)
+        self.journal.event(thread.id, events.NO_RUN, events.type_name(event), events.encode(event))
+        notice = feed_notice(
+            "thread.created", thread.id, title=thread.title, agent=thread.agent, parentThreadId=parent.id
+        )
+        self.journal.feed(thread.id, None, notice)
+        await self.journal.commit()
+        return thread
 
     # runs
 
@@ -372,6 +443,11 @@ class Engine:
             again = sorted(set(decisions) & set(before))
             if again:
                 raise Conflict(f"already decided: {', '.join(again)}", code="already_decided")
+            edited = {i: d.args for i, d in decisions.items() if d.approved and d.args is not None}
+            if edited:
+                thread = await self.get_thread(run.thread_id, user)
+                for call_id, args in edited.items():
+                    self.agents.check_args(thread.agent, pending[call_id].tool_name, args)
             after = {**before, **decisions}
             complete = set(after) == set(pending)
             if not await self.store.decide(run_id, before, after, complete):
@@ -611,9 +687,12 @@ class Engine:
 
     async def thread_log(self, thread: Thread, upto: int) -> list[events.Event]:
         """The thread's events up to seq `upto`, in order: what its clients were sent."""
+        return await self._read_log(thread.id, upto)
+
+    async def _read_log(self, thread_id: str, upto: int, after: int = 0) -> list[events.Event]:
         log: list[events.Event] = []
         while True:
-            page = await self.store.read_events(thread.id, log[-1].seq if log else 0, REPLAY_PAGE)
+            page = await self.store.read_events(thread_id, log[-1].seq if log else after, REPLAY_PAGE)
             for event in page:
                 if event.seq > upto:
                     return log
@@ -652,6 +731,23 @@ def _check_model(model: str) -> None:
         infer_model(model)
     except Exception as exc:
         raise BadRequest(f"model {model!r} is not available: {exc}", code="invalid_model") from exc
+
+
+def _encode_cursor(thread: Thread) -> str:
+    """Where the next page of a thread list begins: after this thread (opaque to clients)."""
+    return base64.urlsafe_b64encode(json.dumps([thread.updated_at, thread.id]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        updated_at, thread_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(updated_at, int | float) and not isinstance(updated_at, bool) and isinstance(thread_id, str):
+            return float(updated_at), thread_id
+    except (ValueError, TypeError):
+        pass
+    raise BadRequest(
+        f"cursor {cursor[:40]!r} is not one this server gave (pass a list's next_cursor)", code="invalid_cursor"
+    )
 
 
 def _new_id(prefix: str) -> str:

@@ -49,6 +49,7 @@ from tether.engine.agui import (
     now_ms,
 )
 from tether.engine.journal import Journal
+from tether.engine.usage import UsageMeter, usage_event
 from tether.faults import crash_point
 from tether.logs import about_run
 from tether.store import (
@@ -131,6 +132,7 @@ class RunExecution:
         """enqueue_id → steering message handed to pydantic-ai."""
         self._steers_recorded: set[str] = set()
         """Ids of steering messages whose application is recorded (after a checkpoint that holds them)."""
+        self._usage = UsageMeter(run)
         self._tool_marks: dict[str, ToolMark] = {}
         self._dumped: dict[int, tuple[ModelMessage, bytes]] = {}
         self._checkpointed: list[bytes] = []
@@ -215,8 +217,10 @@ class RunExecution:
                 async for event in agui_events:
                     if event.timestamp is None:  # pydantic-ai's error path closes parts without one
                         event.timestamp = now_ms()
+                    self._usage.saw(event)
                     if events.is_terminal(event.type):
-                        self._finish(stream)
+                        usage = usage_event(run, self._finish(stream))
+                        journal.event(run.thread_id, run.id, events.type_name(usage), events.encode(usage))
                     journal.event(run.thread_id, run.id, events.type_name(event), events.encode(event))
                     if event.type == "TEXT_MESSAGE_CONTENT":
                         crash_point("text_delta")
@@ -284,10 +288,12 @@ class RunExecution:
             self._base_history = self._load_remembered(base)
             # The rewind is durable no later than the snapshot that announces it.
             self._checkpoint(self._base_history, "start")
-            journal.run_status(run, "running", started_at=time.time())
+            run.started_at = time.time()
+            journal.run_status(run, "running", started_at=run.started_at)
             return run.input, True
         self._base_history = self._load_remembered(latest)
-        journal.run_status(run, "running", started_at=time.time(), base_checkpoint_id=latest.id if latest else None)
+        run.started_at = time.time()
+        journal.run_status(run, "running", started_at=run.started_at, base_checkpoint_id=latest.id if latest else None)
         return run.input, False
 
     def _capabilities(self) -> list[Hooks[Any]]:
@@ -303,7 +309,7 @@ class RunExecution:
             if self._checkpoints:
                 self._checkpoint(list(ctx.messages), "step")
                 self._flush_applied_steers()
-                self._journal.update_run(self.run.id, inflight_response=None)
+                self._journal.update_run(self.run.id, inflight_response=None, usage=self._usage.stored())
             if self._stopping:
                 raise ServerStopping
             return request_context
@@ -357,7 +363,7 @@ class RunExecution:
     def _load_remembered(self, checkpoint: Checkpoint | None) -> list[ModelMessage]:
         """A stored history, each message remembered with its stored JSON: the next checkpoint does not
         serialise the history again (for a long thread, most of a run's checkpoint work)."""
-        history = _load(checkpoint)
+        history = load_history(checkpoint)
         if checkpoint is not None and len(checkpoint.messages) == len(history):
             for message, stored in zip(history, checkpoint.messages, strict=True):
                 self._dumped[id(message)] = (message, stored)
@@ -415,12 +421,15 @@ class RunExecution:
                 capabilities=self._capabilities(),
             ) as agent_run:
                 self._agent_run = agent_run
+                self._usage.iteration(agent_run)
                 for item in self._steers_waiting:
                     self._enqueue(item)
                 self._steers_waiting = []
                 if self._cancel_reason is not None:
                     agent_run.cancel()
                 async for node in agent_run:
+                    if Agent.is_call_tools_node(node):
+                        self._usage.answered_by(node.model_response.model_name)
                     if Agent.is_call_tools_node(node) and _has_tool_calls(node.model_response):
                         # Recorded so that recovery can answer the calls of a batch cut off by a crash.
                         self._journal.update_run(
@@ -520,10 +529,11 @@ class RunExecution:
         self._final_history = history
         return history
 
-    def _finish(self, stream: TetherEventStream) -> None:
-        """Record the run's outcome in the same group commit as its terminal event."""
+    def _finish(self, stream: TetherEventStream) -> dict[str, Any]:
+        """Record the run's outcome in the same group commit as its terminal event; its usage so far."""
         run, journal = self.run, self._journal
-        fields: dict[str, Any] = {}
+        run.usage = self._usage.stored()
+        fields: dict[str, Any] = {"usage": run.usage}
         if stream.error is not None:
             self.status, error = "failed", f"{type(stream.error).__name__}: {stream.error}"
         elif stream.cancelled is not None:
@@ -531,15 +541,17 @@ class RunExecution:
         elif self._pause is not None:
             self.status, error = "awaiting_approval", None
             pending, allowed = self._pause
-            fields = {"pending_approvals": pending, "decisions": allowed or None}
+            fields.update(pending_approvals=pending, decisions=allowed or None)
         else:
             self.status, error = "completed", None
         if self._final_history is not None:
             self._checkpoint(self._final_history, "pause" if self.status == "awaiting_approval" else "end")
         self._flush_applied_steers()
         run.error = error
-        notice = {"pendingApprovals": [_pending_json(c) for c in self._pause[0]]} if fields else None
+        paused = self.status == "awaiting_approval" and self._pause is not None
+        notice = {"pendingApprovals": [_pending_json(c) for c in self._pause[0]]} if paused else None
         journal.run_status(run, self.status, error=error, notice=notice, **fields)
+        return run.usage
 
     async def _record_crash(self, exc: Exception, attempts: int = 6) -> None:
         """A failure in Tether's own code or a failed write: end the run as failed, loudly.
@@ -581,7 +593,7 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
     (pydantic-ai would execute them, unapproved).
     """
     latest = await store.latest_checkpoint(run.thread_id)
-    history = _load(latest)
+    history = load_history(latest)
     returns = [
         ToolReturnPart(
             tool_name=c.tool_name,
@@ -594,11 +606,14 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
         history = [*history, ModelRequest(parts=returns)]
     await journal.open_thread(run.thread_id)
     follows = latest.messages if latest is not None else []
-    journal.checkpoint(Checkpoint(run.thread_id, run.id, _dump(history), time.time(), kind="end", follows=follows))
+    journal.checkpoint(
+        Checkpoint(run.thread_id, run.id, dump_history(history), time.time(), kind="end", follows=follows)
+    )
     for event in (
         RunStartedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
         messages_snapshot(history),
         custom(RUN_CANCELLED, {"reason": reason}),
+        usage_event(run, run.usage),
         RunFinishedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
     ):
         journal.event(run.thread_id, run.id, events.type_name(event), events.encode(event))
@@ -649,10 +664,10 @@ def _has_tool_calls(message: ModelMessage) -> bool:
     return isinstance(message, ModelResponse) and any(isinstance(p, ToolCallPart) for p in message.parts)
 
 
-def _load(checkpoint: Checkpoint | None) -> list[ModelMessage]:
+def load_history(checkpoint: Checkpoint | None) -> list[ModelMessage]:
     return ModelMessagesTypeAdapter.validate_json(checkpoint.json()) if checkpoint is not None else []
 
 
-def _dump(history: list[ModelMessage]) -> list[bytes]:
+def dump_history(history: list[ModelMessage]) -> list[bytes]:
     """One JSON text per message, as checkpoints store them."""
     return [ModelMessagesTypeAdapter.dump_json([message])[1:-1] for message in history]

@@ -40,6 +40,8 @@ class Thread:
     """The user who created the thread: only they see it."""
     agent: str | None = None
     """The name of the agent that answers the thread; None: the server's first agent."""
+    parent_thread_id: str | None = None
+    """The thread this one was forked from (None once that thread is deleted)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class Run:
     """A cancel asked for while another worker executed the run (the reason); its executor acts on it."""
     cancel_discards: bool = False
     """The requested cancel is an interrupt: the unfinished model response is dropped."""
+    usage: dict[str, Any] | None = None
+    """What the run used so far, over all its executions (see tether.engine.usage); None before its first step."""
 
 
 @dataclass
@@ -215,9 +219,9 @@ class Renewed:
     """Its inbox has steering messages not yet applied."""
 
 
-CheckpointKind = Literal["start", "step", "pause", "end"]
+CheckpointKind = Literal["start", "step", "pause", "end", "fork"]
 """start: a retry's rewind; step: before a model request (after a tool batch or a steer);
-pause: waiting for approval; end: the run ended."""
+pause: waiting for approval; end: the run ended; fork: a forked thread's first history."""
 
 
 @dataclass
@@ -269,7 +273,20 @@ class Store(Protocol):
         ...
 
     async def get_thread(self, thread_id: str) -> Thread | None: ...
-    async def list_threads(self, user_id: str, limit: int, before: float | None = None) -> list[Thread]: ...
+    async def list_threads(
+        self,
+        user_id: str,
+        limit: int,
+        before: float | None = None,
+        *,
+        after: tuple[float, str] | None = None,
+        query: str | None = None,
+    ) -> list[Thread]:
+        """The user's threads, the most recently updated first (then by id, descending): those updated
+        before `before`, those that come after `after` (an (updated_at, id) of the previous page's last),
+        and with `query`, those whose title or one message holds its every word (tether.store.search)."""
+        ...
+
     async def update_thread(self, thread_id: str, *, title: str | None) -> None: ...
     async def allow_tools(self, thread_id: str, tools: list[str]) -> None: ...
     async def delete_thread(self, thread_id: str) -> None: ...

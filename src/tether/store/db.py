@@ -14,7 +14,7 @@ converts the text.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -65,6 +65,10 @@ class Dialect:
     """Added to for_update: skip rows another transaction has locked (the run queue)."""
     for_share: str
     """Holds the selected rows unchanged until the transaction ends (the fencing check)."""
+    text_match: str
+    """A query for the `thread_id` of every row of the search index that matches `?` (see tether.store.search)."""
+    text_query: Callable[[list[str]], str]
+    """The `?` of `text_match` that finds rows holding all these words, each as the start of a word."""
 
 
 class StoreUnavailable(Unavailable):

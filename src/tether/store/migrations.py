@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tether.store.db import Execute, Query, Script
+from tether.store.sql import index_every_thread
 
 log = logging.getLogger("tether.store")
 
@@ -77,6 +78,15 @@ CREATE TABLE client_messages (
 CREATE INDEX client_runs_by_run ON client_runs (run_id);
 CREATE INDEX client_messages_by_run ON client_messages (run_id);
 """
+
+_BRANCHES_AND_USAGE = """
+ALTER TABLE threads ADD COLUMN parent_thread_id TEXT REFERENCES threads (id) ON DELETE SET NULL;
+CREATE INDEX threads_by_parent ON threads (parent_thread_id);
+DROP INDEX threads_by_user;
+CREATE INDEX threads_by_user ON threads (user_id, updated_at DESC, id DESC);
+ALTER TABLE runs ADD COLUMN usage TEXT;
+"""
+
 
 MIGRATIONS: list[Migration] = [
     # 1: threads, runs, the per-thread event log, the global feed, checkpoints.
@@ -322,5 +332,49 @@ MIGRATIONS: list[Migration] = [
     Migration(
         sqlite=_CLIENT_IDS,
         postgres=_CLIENT_IDS,
+    ),
+    # 7: search, branches and usage. The search index holds the words of each thread's title and of the
+    # user's and the model's messages in its latest history (tether.store.search), one row per message
+    # position (and per 2,000 words), matched by FTS5 on SQLite and by a GIN index of `to_tsvector` on
+    # PostgreSQL; existing threads are indexed here. A thread forked from another names it (the link
+    # goes when the parent is deleted); thread lists page by (updated_at, id); a run keeps its usage.
+    Migration(
+        sqlite=_BRANCHES_AND_USAGE
+        + """
+        CREATE TABLE thread_text (
+            id        INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            position  INTEGER NOT NULL,
+            part      INTEGER NOT NULL,
+            body      TEXT NOT NULL,
+            UNIQUE (thread_id, position, part)
+        );
+        CREATE VIRTUAL TABLE thread_words USING fts5(
+            body, content='thread_text', content_rowid='id', tokenize='unicode61 remove_diacritics 0'
+        );
+        CREATE TRIGGER thread_text_added AFTER INSERT ON thread_text BEGIN
+            INSERT INTO thread_words (rowid, body) VALUES (new.id, new.body);
+        END;
+        CREATE TRIGGER thread_text_removed AFTER DELETE ON thread_text BEGIN
+            INSERT INTO thread_words (thread_words, rowid, body) VALUES ('delete', old.id, old.body);
+        END;
+        CREATE TRIGGER thread_text_changed AFTER UPDATE ON thread_text BEGIN
+            INSERT INTO thread_words (thread_words, rowid, body) VALUES ('delete', old.id, old.body);
+            INSERT INTO thread_words (rowid, body) VALUES (new.id, new.body);
+        END;
+        """,
+        postgres=_BRANCHES_AND_USAGE
+        + """
+        CREATE TABLE thread_text (
+            id        BIGSERIAL PRIMARY KEY,
+            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            position  INTEGER NOT NULL,
+            part      INTEGER NOT NULL,
+            body      TEXT NOT NULL,
+            UNIQUE (thread_id, position, part)
+        );
+        CREATE INDEX thread_words ON thread_text USING GIN (to_tsvector('simple', body));
+        """,
+        data=index_every_thread,
     ),
 ]

@@ -22,6 +22,7 @@ import asyncpg
 
 from tether.store.db import Dialect, Execute, InsertMany, Query, Script, Statement, StoreConflict, StoreUnavailable
 from tether.store.migrations import MIGRATIONS
+from tether.store.search import tsquery
 from tether.store.sql import SQLStore
 
 log = logging.getLogger("tether.store")
@@ -32,6 +33,8 @@ DIALECT = Dialect(
     for_update="FOR UPDATE",
     skip_locked="SKIP LOCKED",
     for_share="FOR SHARE",
+    text_match="SELECT thread_id FROM thread_text WHERE to_tsvector('simple', body) @@ to_tsquery('simple', ?)",
+    text_query=tsquery,
 )
 
 COPY_FROM = 32

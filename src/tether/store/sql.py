@@ -14,6 +14,7 @@ checkpoint is one recursive query that walks back only as far as it keeps.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from typing import Any
@@ -39,13 +40,16 @@ from tether.store import (
     ThreadSnapshot,
     ToolMark,
     WriteBatch,
+    search,
 )
 from tether.store.db import Database, Execute, InsertMany, Query, Script
+
+log = logging.getLogger("tether.store")
 
 _RUN_COLUMNS = (
     "id, thread_id, status, input, multitask, model, created_at, started_at, finished_at, error, "
     "pending_approvals, decisions, base_checkpoint_id, retry_of, inflight_response, recoveries, "
-    "ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards"
+    "ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards, usage"
 )
 _UPDATABLE_RUN_FIELDS = {
     "status",
@@ -62,12 +66,14 @@ _UPDATABLE_RUN_FIELDS = {
     "released",
     "cancel_requested",
     "cancel_discards",
+    "usage",
 }
 _ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
 _LIVE = "'running', 'awaiting_approval'"
 _THREAD_COLUMNS = (
     "id, title, created_at, updated_at, metadata, allowed_tools, "
-    "(SELECT status FROM runs WHERE runs.thread_id = threads.id ORDER BY ordinal DESC LIMIT 1), user_id, agent"
+    "(SELECT status FROM runs WHERE runs.thread_id = threads.id ORDER BY ordinal DESC LIMIT 1), user_id, agent, "
+    "parent_thread_id"
 )
 _EVENT_COLUMNS = ("thread_id", "seq", "run_id", "type", "data")
 
@@ -143,19 +149,20 @@ class SQLStore:
     # threads
 
     async def create_thread(self, thread: Thread) -> None:
-        await self._execute(
-            "INSERT INTO threads (id, title, created_at, updated_at, metadata, user_id, agent) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            _thread_values(thread),
-        )
+        def script() -> Script[None]:
+            yield Execute(_INSERT_THREAD, _thread_values(thread))
+            yield from _index_title(thread.id, thread.title)
+
+        await self.db.transaction(script())
 
     async def create_thread_if_absent(self, thread: Thread) -> bool:
-        count = await self._execute(
-            "INSERT INTO threads (id, title, created_at, updated_at, metadata, user_id, agent) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            _thread_values(thread),
-        )
-        return count == 1
+        def script() -> Script[bool]:
+            count = yield Execute(_INSERT_THREAD + " ON CONFLICT (id) DO NOTHING", _thread_values(thread))
+            if count == 1:
+                yield from _index_title(thread.id, thread.title)
+            return count == 1
+
+        return await self.db.transaction(script())
 
     async def get_thread(self, thread_id: str) -> Thread | None:
         if "\x00" in thread_id:  # no id holds one (nothing stored does), and PostgreSQL cannot even compare it
@@ -163,17 +170,39 @@ class SQLStore:
         row = await self._one(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,))
         return _thread(row) if row else None
 
-    async def list_threads(self, user_id: str, limit: int, before: float | None = None) -> list[Thread]:
+    async def list_threads(
+        self,
+        user_id: str,
+        limit: int,
+        before: float | None = None,
+        *,
+        after: tuple[float, str] | None = None,
+        query: str | None = None,
+    ) -> list[Thread]:
         sql = f"SELECT {_THREAD_COLUMNS} FROM threads WHERE user_id = ?"
-        args: tuple[Any, ...] = (user_id,)
+        args: list[Any] = [user_id]
+        if query is not None:
+            found = search.words(query)
+            if not found:
+                return []  # nothing to look for (punctuation only): nothing matches
+            sql += f" AND id IN ({self.db.dialect.text_match})"
+            args.append(self.db.dialect.text_query(found))
         if before is not None:
             sql += " AND updated_at < ?"
-            args = (user_id, before)
-        sql += " ORDER BY updated_at DESC LIMIT ?"
+            args.append(before)
+        if after is not None:
+            sql += " AND (updated_at < ? OR (updated_at = ? AND id < ?))"
+            args += [after[0], after[0], after[1]]
+        sql += " ORDER BY updated_at DESC, id DESC LIMIT ?"
         return [_thread(row) for row in await self.db.fetch(sql, (*args, limit))]
 
     async def update_thread(self, thread_id: str, *, title: str | None) -> None:
-        await self._execute("UPDATE threads SET title = ? WHERE id = ?", (title, thread_id))
+        def script() -> Script[None]:
+            yield Execute("UPDATE threads SET title = ? WHERE id = ?", (title, thread_id))
+            yield Execute("DELETE FROM thread_text WHERE thread_id = ? AND position = ?", (thread_id, search.TITLE))
+            yield from _index_title(thread_id, title)
+
+        await self.db.transaction(script())
 
     async def allow_tools(self, thread_id: str, tools: list[str]) -> None:
         await self._execute("UPDATE threads SET allowed_tools = ? WHERE id = ?", (json.dumps(tools), thread_id))
@@ -459,6 +488,7 @@ class SQLStore:
                 "VALUES (?, ?, ?, ?, ?, ?, (SELECT MAX(id) FROM checkpoints WHERE thread_id = ?))",
                 (cp.thread_id, cp.run_id, cp.created_at, cp.kind, keep, b"\n".join(cp.messages[keep:]), cp.thread_id),
             )
+            yield from _index_messages(cp.thread_id, cp.messages, keep, rewound=keep < len(cp.follows))
         for run_id, fields in sorted(batch.run_updates, key=lambda update: update[0]):  # stable: in order per run
             yield _run_update(run_id, fields)
         for mark in batch.tool_marks:
@@ -495,6 +525,41 @@ class SQLStore:
         return items
 
 
+def index_every_thread() -> Script[None]:
+    """Index every thread's title and latest history (for a database made before the search index)."""
+    threads = yield Query("SELECT id, title FROM threads ORDER BY id")
+    for done, (thread_id, title) in enumerate(threads, start=1):
+        yield Execute("DELETE FROM thread_text WHERE thread_id = ?", (thread_id,))
+        yield from _index_title(thread_id, title)
+        latest = "(SELECT MAX(id) FROM checkpoints WHERE thread_id = ?)"
+        checkpoint = _checkpoint((yield Query(_chain(latest) + " ORDER BY depth DESC", (thread_id, thread_id))))
+        if checkpoint is not None:
+            yield from _index_messages(thread_id, checkpoint.messages, 0, rewound=False)
+        if done % 1000 == 0:
+            log.info("indexing threads for search: %d of %d", done, len(threads))
+
+
+def _index_title(thread_id: str, title: str | None) -> Script[None]:
+    rows = search.rows(thread_id, search.TITLE, title or "")
+    if rows:
+        yield InsertMany("thread_text", search.COLUMNS, rows)
+
+
+def _index_messages(thread_id: str, messages: list[bytes], keep: int, *, rewound: bool) -> Script[None]:
+    """Keep the search index equal to a new checkpoint. Its first `keep` messages are its parent's, indexed
+    already; the rows of any later position go (a retry's rewind, a discarded answer) before its own are
+    added. A step that adds no text (a tool batch, the common case) writes nothing."""
+    rows = [
+        row
+        for position in range(keep, len(messages))
+        for row in search.rows(thread_id, position, search.message_text(messages[position]))
+    ]
+    if rewound or rows:
+        yield Execute("DELETE FROM thread_text WHERE thread_id = ? AND position >= ?", (thread_id, keep))
+    if rows:
+        yield InsertMany("thread_text", search.COLUMNS, rows)
+
+
 def _shared_prefix(before: list[bytes], after: list[bytes]) -> int:
     """How many leading messages two histories share (the settled ones are the same objects)."""
     n = 0
@@ -519,6 +584,12 @@ def _checkpoint(rows: list[tuple[Any, ...]]) -> Checkpoint | None:
     return Checkpoint(thread_id, run_id, messages, created_at, id=id_, kind=kind)
 
 
+_INSERT_THREAD = (
+    "INSERT INTO threads (id, title, created_at, updated_at, metadata, user_id, agent, parent_thread_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _thread_values(thread: Thread) -> tuple[Any, ...]:
     return (
         thread.id,
@@ -528,11 +599,12 @@ def _thread_values(thread: Thread) -> tuple[Any, ...]:
         json.dumps(thread.metadata),
         thread.user_id,
         thread.agent,
+        thread.parent_thread_id,
     )
 
 
 def _thread(row: tuple[Any, ...]) -> Thread:
-    id_, title, created_at, updated_at, metadata, allowed_tools, last_run_status, user_id, agent = row
+    id_, title, created_at, updated_at, metadata, allowed_tools, last_run_status, user_id, agent, parent = row
     return Thread(
         id_,
         title,
@@ -543,12 +615,13 @@ def _thread(row: tuple[Any, ...]) -> Thread:
         last_run_status,
         user_id=user_id,
         agent=agent,
+        parent_thread_id=parent,
     )
 
 
 def _run(row: tuple[Any, ...]) -> Run:
     (*head, pending, decisions, base_checkpoint_id, retry_of, inflight, recoveries) = row[:16]
-    ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards = row[16:]
+    ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards, usage = row[16:]
     return Run(
         *head,
         pending_approvals=[PendingCall(**c) for c in json.loads(pending)] if pending else None,
@@ -564,6 +637,7 @@ def _run(row: tuple[Any, ...]) -> Run:
         released=released,
         cancel_requested=cancel_requested,
         cancel_discards=bool(cancel_discards),
+        usage=json.loads(usage) if usage else None,
     )
 
 
@@ -592,6 +666,7 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         run.released,
         run.cancel_requested,
         run.cancel_discards,
+        json.dumps(run.usage) if run.usage is not None else None,
     )
 
 
@@ -616,4 +691,6 @@ def _encode_run_field(name: str, value: Any) -> Any:
         return _json_pending(value)
     if name == "decisions":
         return _json_decisions(value)
+    if name == "usage":
+        return json.dumps(value) if value is not None else None
     return value

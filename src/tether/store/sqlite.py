@@ -34,6 +34,7 @@ from typing import IO, Any, TypeVar
 
 from tether.store.db import Dialect, Execute, InsertMany, Query, Script, Statement, StoreCorrupt, StoreUnavailable
 from tether.store.migrations import MIGRATIONS
+from tether.store.search import fts5_query
 from tether.store.sql import SQLStore
 
 MIN_SQLITE = (3, 38)  # the ->> JSON operator
@@ -44,6 +45,9 @@ DIALECT = Dialect(
     for_update="",
     skip_locked="",
     for_share="",
+    text_match="SELECT t.thread_id FROM thread_words JOIN thread_text AS t ON t.id = thread_words.rowid "
+    "WHERE thread_words MATCH ?",
+    text_query=fts5_query,
 )
 
 T = TypeVar("T")

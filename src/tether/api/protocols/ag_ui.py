@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from tether.api.auth import caller
-from tether.api.protocols.history import ClientIds, Incoming, check_client_id, joined, new_input, transcript
+from tether.api.protocols.history import Incoming, check_client_id, joined, new_input
 from tether.api.protocols.streaming import Frame, ProtocolStreamResponse, TranslatedStream
 from tether.api.routes import ERRORS, SSE, engine, errors
 from tether.api.sse import EventStreamResponse
@@ -32,6 +32,7 @@ from tether.engine.agui import now_ms
 from tether.errors import BadRequest, Conflict
 from tether.events import RUN_ERROR, RUN_FINISHED, Event
 from tether.store import Decision, Run, Thread
+from tether.transcript import ClientIds, transcript
 
 router = APIRouter(prefix="/v1", tags=["ag-ui"], responses=ERRORS)
 

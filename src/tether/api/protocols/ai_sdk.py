@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.api.auth import caller
-from tether.api.protocols.history import CLIENT_ID_PATTERN, ClientIds, Incoming, check_client_id, joined, new_input
+from tether.api.protocols.history import CLIENT_ID_PATTERN, Incoming, check_client_id, joined, new_input
 from tether.api.protocols.streaming import Frame, ProtocolStreamResponse, TranslatedStream
 from tether.api.routes import ERRORS, JSON_EVENT, engine, errors, event_stream
 from tether.api.sse import EventStreamResponse
@@ -32,6 +32,7 @@ from tether.engine.runner import DENIED
 from tether.errors import BadRequest, Conflict
 from tether.events import RUN_ERROR, RUN_FINISHED, Event
 from tether.store import ClientMessage, Decision, Run, Thread
+from tether.transcript import ClientIds
 
 router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"], responses=ERRORS)
 

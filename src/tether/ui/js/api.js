@@ -78,8 +78,12 @@ export class Api {
   agents() {
     return this.request("GET", "v1/agents");
   }
-  threads() {
-    return this.request("GET", "v1/threads?limit=200");
+  /** A page of the caller's threads, newest first: {threads, next_cursor}; `q` searches them. */
+  threads({ q = null, cursor = null, limit = 50 } = {}) {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (q) query.set("q", q);
+    if (cursor) query.set("cursor", cursor);
+    return this.request("GET", `v1/threads?${query}`);
   }
   thread(id) {
     return this.request("GET", `v1/threads/${id}`);
@@ -90,9 +94,16 @@ export class Api {
   run(id) {
     return this.request("GET", `v1/runs/${id}`);
   }
-  /** @param {string|null} agent null: the server's default agent */
-  createThread(agent = null) {
-    return this.request("POST", "v1/threads", agent ? { agent } : {});
+  /**
+   * @param {string|null} agent null: the server's default agent
+   * @param {string|null} title null: untitled (the first message names it)
+   */
+  createThread(agent = null, title = null) {
+    return this.request("POST", "v1/threads", { ...(agent ? { agent } : {}), ...(title ? { title } : {}) });
+  }
+  /** A new thread holding this one's history before the user message `messageId`: the new thread. */
+  fork(id, messageId) {
+    return this.request("POST", `v1/threads/${id}/fork`, { before_message_id: messageId });
   }
   rename(id, title) {
     return this.request("PATCH", `v1/threads/${id}`, { title });

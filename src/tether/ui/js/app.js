@@ -4,10 +4,12 @@
 
 import { Api } from "./api.js";
 import { ApiError } from "./errors.js";
+import { download, fileName, threadJson, threadMarkdown } from "./export.js";
+import { Pages } from "./pages.js";
 import { ACTIVE, chatBlocks, ThreadSession, threadStatus } from "./session.js";
 import { askForToken, drawAccount, signingIn } from "./signin.js";
 import { sleep } from "./sse.js";
-import { drawAgentPicker, drawApprovals, drawMessages, drawThreadList, statusLabel } from "./view.js";
+import { drawAgentPicker, drawApprovals, drawMessages, drawThreadList, drawThreadUsage, statusLabel } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,12 +25,17 @@ let feed = null; // the feed's AbortController: sign-out closes it
 let me = null; // GET v1/me: {user, auth}; null until known (or on a server that cannot say)
 let served = null; // GET v1/agents: {agents, default}; null until known
 let restarting = null; // after a sign-out: the sign-in that starts everything again
+let livePages = null; // the live list's pages (from the feed's last snapshot on)
+let search = null; // {q, pages, results, loaded}: what the search box found; null: no search
+let searchTimer = null;
+
+const PAGE = 50; // threads per page of the list
 
 const api = new Api(onUnauthorized);
 
 function info(threadId) {
   if (!threads.has(threadId)) {
-    threads.set(threadId, { id: threadId, title: null, agent: null, status: "idle", runId: null, error: null, pending: [] });
+    threads.set(threadId, { id: threadId, title: null, agent: null, parent: null, status: "idle", runId: null, error: null, pending: [] });
   }
   return threads.get(threadId);
 }
@@ -124,6 +131,7 @@ function applyNotice(notice) {
       info(notice.threadId).title = notice.title ?? null;
       if (notice.type === "thread.created") {
         toTop(notice.threadId);
+        info(notice.threadId).parent = notice.parentThreadId ?? null;
         learnAgent(notice.threadId, notice.agent);
       }
       break;
@@ -157,19 +165,12 @@ function applyNotice(notice) {
 async function resync(activeRuns) {
   const generation = api.generation;
   try {
-    const { threads: list } = await api.threads();
+    const pages = new Pages((cursor) => api.threads({ cursor, limit: PAGE }));
+    const list = await pages.next();
+    livePages = pages;
     const known = new Map(threads);
     threads.clear();
-    for (const thread of list) {
-      threads.set(thread.id, {
-        ...(known.get(thread.id) || {}),
-        id: thread.id,
-        title: thread.title,
-        agent: thread.agent ?? null,
-        status: threadStatus(thread.last_run_status),
-        pending: [],
-      });
-    }
+    for (const thread of list) threads.set(thread.id, { ...(known.get(thread.id) || {}), ...listed(thread) });
     for (const run of activeRuns) {
       const pending = run.pendingApprovals.map((call) => ({ ...call, decision: null }));
       setRunState(run.threadId, run.runId, run.status, { pending });
@@ -183,6 +184,73 @@ async function resync(activeRuns) {
       redraw();
     }
   }
+}
+
+/** A thread of a list page (the API's JSON) as the UI keeps it. */
+function listed(thread) {
+  return {
+    id: thread.id,
+    title: thread.title,
+    agent: thread.agent ?? null,
+    parent: thread.parent_thread_id ?? null,
+    status: threadStatus(thread.last_run_status),
+    pending: [],
+  };
+}
+
+/** The next page of the list shown (the live list, or the search's results), when it is scrolled to its end. */
+async function loadMore() {
+  const pages = search ? search.pages : livePages;
+  if (!pages || pages.done || pages.loading) return;
+  const generation = api.generation;
+  try {
+    const page = await pages.next();
+    if (generation !== api.generation) return;
+    if (search && pages === search.pages) {
+      const have = new Set(search.results.map((t) => t.id));
+      search.results.push(...page.filter((t) => !have.has(t.id)));
+    } else if (pages === livePages) {
+      // Threads the feed moved up meanwhile are known already and stay where they are.
+      for (const thread of page) if (!threads.has(thread.id) && !deletedThreads.has(thread.id)) threads.set(thread.id, listed(thread));
+    }
+    redraw();
+  } catch (error) {
+    pages.done = true; // no retry storm from every redraw: the next snapshot or search starts afresh
+    showError(error);
+  }
+}
+
+function onListScroll() {
+  const list = $("thread-list");
+  if (list.scrollTop + list.clientHeight >= list.scrollHeight - 120) loadMore();
+}
+
+/** Search as one types: a moment after the last key, the first page of what matches. */
+function onSearchInput() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => startSearch($("thread-search").value.trim()), 200);
+}
+
+async function startSearch(q) {
+  if (search?.q === q) return;
+  $("thread-list").scrollTop = 0;
+  if (!q) {
+    search = null;
+    redraw();
+    return;
+  }
+  const mine = { q, pages: new Pages((cursor) => api.threads({ q, cursor, limit: PAGE })), results: [], loaded: false };
+  search = mine;
+  redraw();
+  try {
+    const page = await mine.pages.next();
+    if (search !== mine) return; // typed on meanwhile
+    mine.results = page;
+    mine.loaded = true;
+  } catch (error) {
+    if (search === mine) showError(error);
+  }
+  redraw();
 }
 
 /**
@@ -223,9 +291,10 @@ async function openThread(threadId) {
   const thread = info(threadId);
   thread.title = detail.title;
   thread.agent = detail.agent ?? null;
+  thread.parent = detail.parent_thread_id ?? null;
   const run = detail.active_run;
   setRunState(threadId, run?.id ?? null, run ? run.status : detail.last_run_status, { pending: run ? pendingOf(run) : [] });
-  if (!run && detail.last_run_status === "failed") loadFailure(threadId);
+  loadRuns(threadId, !run && detail.last_run_status === "failed");
   if (!restored) {
     if (detail.messages_seq !== null) {
       current.session = new ThreadSession(threadId, detail.messages, detail.messages_seq);
@@ -320,11 +389,13 @@ function onThreadEvent(threadId, event, session) {
   }
 }
 
-async function loadFailure(threadId) {
+/** The open thread's runs: what each used (for the answers the stream has not told of), and why the last failed. */
+async function loadRuns(threadId, failed) {
   try {
     const { runs } = await api.runs(threadId);
+    if (current?.id === threadId) current.session?.learnUsage(runs);
     const last = runs.at(-1);
-    if (last?.status === "failed" && info(threadId).status === "failed") info(threadId).error = last.error;
+    if (failed && last?.status === "failed" && info(threadId).status === "failed") info(threadId).error = last.error;
     redraw();
   } catch (error) {
     showError(error);
@@ -382,21 +453,30 @@ function agentLabel(thread) {
 }
 
 function draw() {
-  drawThreadList($("thread-list"), [...threads.values()], current?.id ?? null, agentLabel);
+  const shown = search
+    ? search.results.filter((t) => !deletedThreads.has(t.id)).map((t) => threads.get(t.id) ?? listed(t))
+    : [...threads.values()];
+  drawThreadList($("thread-list"), shown, current?.id ?? null, agentLabel);
+  $("search-state").textContent = !search ? "" : !search.loaded ? "Searching…" : shown.length ? "" : "No thread matches.";
+  const list = $("thread-list");
+  if (list.scrollHeight <= list.clientHeight) loadMore(); // a page that does not fill the list: the next one
   drawAgentPicker($("agent-select"), served);
   const open = current && current.session;
   $("empty").hidden = Boolean(current);
   $("messages").hidden = !current;
-  $("composer").hidden = !current;
   $("delete-thread").hidden = !current;
+  $("export").hidden = !current;
   $("chat-agent").textContent = current ? agentLabel(info(current.id)) : "";
   $("chat-agent").hidden = !$("chat-agent").textContent;
+  drawBranchOf(current ? info(current.id) : null);
   if (!current) {
     $("chat-title").textContent = "Tether";
     $("chat-status").textContent = "";
     $("approvals").hidden = true;
     $("run-error").hidden = true;
+    $("thread-usage").hidden = true;
     document.title = "Tether";
+    drawComposer(null, [], false);
     return;
   }
   const thread = info(current.id);
@@ -410,9 +490,11 @@ function draw() {
   if (open) {
     const session = current.session;
     const messages = current.placeholder ? current.placeholder.messages : session.transcript.messages;
-    const blocks = chatBlocks(messages, { timings: session.timings, pending: thread.pending, active });
-    drawMessages($("messages"), blocks, thread.status === "running");
-    drawApprovals($("approvals"), thread.pending, decide);
+    const blocks = chatBlocks(messages, { timings: session.timings, pending: thread.pending, active, usage: session.usage });
+    drawThreadUsage($("thread-usage"), session.totalUsage());
+    const editable = !active && !current.loading && !current.placeholder;
+    drawMessages($("messages"), blocks, thread.status === "running", { editable, onEdit: editMessage });
+    drawApprovals($("approvals"), thread.pending, decide, (tool) => toolSchema(thread, tool));
     drawComposer(thread, blocks, current.loading);
     if (focusInputOnDraw) {
       focusInputOnDraw = false;
@@ -425,13 +507,33 @@ function draw() {
   else $("run-error").hidden = true;
 }
 
+/** @param {object|null} thread null: the first screen, where the message starts a thread */
+/** The JSON schema of the arguments of a tool of the thread's agent (GET v1/agents), or null if unknown. */
+function toolSchema(thread, toolName) {
+  const agent = served?.agents.find((a) => a.name === (thread.agent ?? served.default));
+  return agent?.tools.find((t) => t.name === toolName)?.parameters ?? null;
+}
+
+/** A branch names the thread it was forked from, as a link back to it. */
+function drawBranchOf(thread) {
+  const link = $("branch-of");
+  link.hidden = !thread?.parent;
+  if (!thread?.parent) return;
+  link.href = `#/t/${thread.parent}`;
+  link.querySelector(".parent-title").textContent = threads.get(thread.parent)?.title || "its parent thread";
+}
+
 function drawComposer(thread, blocks, loading) {
-  const active = ACTIVE.has(thread.status);
+  const active = Boolean(thread) && ACTIVE.has(thread.status);
   $("send").hidden = active || loading;
   $("steer").hidden = !active || loading;
   $("stop").hidden = !active || loading;
   $("retry").hidden = active || loading || !blocks.some((b) => b.kind === "user");
-  $("input").placeholder = active ? "Steer the running agent (Enter), or Stop (Esc)" : "Message (Enter to send, Shift+Enter for a new line)";
+  $("input").placeholder = active
+    ? "Steer the running agent (Enter), or Stop (Esc)"
+    : thread
+      ? "Message (Enter to send, Shift+Enter for a new line)"
+      : "Message to start a thread (Enter to send, Shift+Enter for a new line)";
 }
 
 function showRunError(message, withRetry = false, quiet = false) {
@@ -463,7 +565,11 @@ async function act(action) {
 async function send() {
   const input = $("input");
   const text = input.value.trim();
-  if (!text || !current) return;
+  if (!text) return;
+  if (!current) {
+    await startThread(text);
+    return;
+  }
   const thread = info(current.id);
   const threadId = current.id;
   await act(async () => {
@@ -475,9 +581,70 @@ async function send() {
   });
 }
 
+let starting = false; // a first message is creating its thread: a second Enter must not make another
+
+/** The first screen's message: it creates a thread, titled by it, opens it and sends the message there. */
+async function startThread(text) {
+  if (starting) return;
+  starting = true;
+  try {
+    await act(async () => {
+      const threadId = await createAndOpen(titleFrom(text));
+      await api.send(threadId, text);
+      $("input").value = "";
+      resizeInput();
+    });
+  } finally {
+    starting = false;
+  }
+}
+
+/** Create a thread (for the agent picked, if the server has several) and open it; its id. */
+async function createAndOpen(title = null) {
+  const picker = $("agent-select");
+  const thread = await api.createThread(picker.hidden ? null : picker.value, title);
+  info(thread.id).title = thread.title;
+  info(thread.id).agent = thread.agent ?? null;
+  toTop(thread.id);
+  location.hash = `#/t/${thread.id}`;
+  focusInputOnDraw = true;
+  return thread.id;
+}
+
 function titleFrom(text) {
   const line = text.split("\n")[0];
   return line.length > 60 ? `${line.slice(0, 57)}…` : line;
+}
+
+/**
+ * Edit an earlier message: a branch of the thread from just before it (the thread itself stays as it
+ * is), and the edited message sent there. The branch opens.
+ */
+async function editMessage(messageId, text, onError) {
+  const parentId = current.id;
+  try {
+    const branch = await api.fork(parentId, messageId);
+    info(branch.id).title = branch.title;
+    info(branch.id).agent = branch.agent ?? null;
+    info(branch.id).parent = parentId;
+    toTop(branch.id);
+    await api.send(branch.id, text);
+    location.hash = `#/t/${branch.id}`;
+  } catch (error) {
+    onError(error.message);
+  }
+}
+
+/** Save the open thread's stored history as a file: Markdown or JSON. */
+function exportThread(format) {
+  if (!current) return;
+  const threadId = current.id;
+  $("export").open = false;
+  act(async () => {
+    const thread = await api.thread(threadId);
+    if (format === "json") download(fileName(thread, "json"), "application/json", threadJson(thread));
+    else download(fileName(thread, "md"), "text/markdown", threadMarkdown(thread));
+  });
 }
 
 function stop() {
@@ -585,6 +752,9 @@ function signOut(refused = null) {
   ThreadSession.forgetAll();
   me = null;
   served = null;
+  livePages = null;
+  search = null;
+  $("thread-search").value = "";
   drawAccount(null);
   $("feed-state").textContent = "";
   $("stream-state").textContent = "";
@@ -655,17 +825,7 @@ function wire() {
   });
   // Nothing works without the token, so the dialog cannot be dismissed without one.
   $("token-dialog").addEventListener("cancel", (event) => event.preventDefault());
-  $("new-thread").addEventListener("click", () =>
-    act(async () => {
-      const picker = $("agent-select");
-      const thread = await api.createThread(picker.hidden ? null : picker.value);
-      info(thread.id).title = thread.title;
-      info(thread.id).agent = thread.agent ?? null;
-      toTop(thread.id);
-      location.hash = `#/t/${thread.id}`;
-      focusInputOnDraw = true;
-    }),
-  );
+  $("new-thread").addEventListener("click", () => act(() => createAndOpen()));
   $("delete-thread").addEventListener("click", () => {
     if (!current) return;
     const threadId = current.id;
@@ -675,11 +835,15 @@ function wire() {
       forgetThread(threadId);
     });
   });
+  $("export-markdown").addEventListener("click", () => exportThread("markdown"));
+  $("export-json").addEventListener("click", () => exportThread("json"));
   $("chat-title").addEventListener("click", renameInline);
   $("chat-title").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !$("chat-title").isContentEditable) renameInline();
   });
   $("show-threads").addEventListener("click", () => $("app").classList.toggle("threads-open"));
+  $("thread-search").addEventListener("input", onSearchInput);
+  $("thread-list").addEventListener("scroll", onListScroll);
   window.addEventListener("hashchange", route);
   window.addEventListener("pagehide", () => current?.session?.save());
   window.addEventListener("unhandledrejection", (event) => showError(event.reason));

@@ -13,8 +13,14 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   }
 });
 
+const SANITIZE = { USE_PROFILES: { html: true }, FORBID_TAGS: ["style", "form", "input", "button"] };
+
 /** Safe HTML for a Markdown string: no script, no event handler, no `javascript:` URL survives. */
 export function renderMarkdown(text) {
-  const html = marked.parse(text, { async: false });
-  return DOMPurify.sanitize(html, { USE_PROFILES: { html: true }, FORBID_TAGS: ["style", "form", "input", "button"] });
+  return DOMPurify.sanitize(marked.parse(text, { async: false }), SANITIZE);
+}
+
+/** Safe HTML for Markdown inline content (the words of a paragraph): emphasis, code, links. */
+export function renderInline(text) {
+  return DOMPurify.sanitize(marked.parseInline(text, { async: false }), SANITIZE);
 }

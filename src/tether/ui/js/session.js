@@ -10,7 +10,7 @@ const DENIED = "The user denied this tool call";
 const UNKNOWN = "The outcome of this tool call is unknown";
 const NOT_RUN = "Not run:";
 const INTERRUPTED = "The tool call was interrupted"; // pydantic-ai's words for a call cut off by a stop
-const VERSION = 1;
+const VERSION = 2; // 2: message ids are the log's (the server's GET gives them too), so a fork can name one
 
 export class ThreadSession {
   constructor(threadId, messages = [], seq = 0) {
@@ -20,6 +20,7 @@ export class ThreadSession {
     this.timings = {}; // toolCallId -> {start, end} (ms), from the events seen
     this.run = null; // {id, status, error} of the latest run the stream has shown
     this.pending = []; // calls waiting for approval: {toolCallId, toolName, args, decision}
+    this.usage = {}; // runId -> {usage, durationMs}: what each run used (GET v1/runs/{rid} → usage)
   }
 
   static key(threadId) {
@@ -33,6 +34,7 @@ export class ThreadSession {
       if (!saved || saved.version !== VERSION) return null;
       const session = new ThreadSession(threadId, saved.messages, saved.seq);
       session.timings = saved.timings;
+      session.usage = saved.usage ?? {};
       return session;
     } catch {
       return null;
@@ -40,7 +42,7 @@ export class ThreadSession {
   }
 
   save() {
-    const record = { version: VERSION, seq: this.seq, messages: this.transcript.messages, timings: this.timings };
+    const record = { version: VERSION, seq: this.seq, messages: this.transcript.messages, timings: this.timings, usage: this.usage };
     try {
       sessionStorage.setItem(ThreadSession.key(this.threadId), JSON.stringify(record));
     } catch {
@@ -56,6 +58,25 @@ export class ThreadSession {
   static forgetAll() {
     const prefix = ThreadSession.key("");
     for (const key of Object.keys(sessionStorage)) if (key.startsWith(prefix)) sessionStorage.removeItem(key);
+  }
+
+  /** What the thread's runs used, as the API lists them: the runs the stream has not told of yet. */
+  learnUsage(runs) {
+    for (const run of runs) {
+      if (!run.usage || this.usage[run.id]) continue;
+      const took = run.started_at && run.finished_at ? Math.round((run.finished_at - run.started_at) * 1000) : null;
+      this.usage[run.id] = { usage: run.usage, durationMs: took };
+    }
+  }
+
+  /** The whole thread's usage: {runs, requests, tokens}. */
+  totalUsage() {
+    const all = Object.values(this.usage);
+    return {
+      runs: all.length,
+      requests: all.reduce((n, u) => n + u.usage.requests, 0),
+      tokens: all.reduce((n, u) => n + u.usage.total_tokens, 0),
+    };
   }
 
   /** Apply the event with sequence number `seq` from the thread stream. */
@@ -87,6 +108,7 @@ export class ThreadSession {
         if (event.name === "tether.approval_requested") {
           this.pending = event.value.calls.map((c) => ({ ...c, decision: null }));
         }
+        if (event.name === "tether.usage") this.usage[event.value.runId] = { usage: event.value.usage, durationMs: event.value.durationMs };
         break;
       default:
         break;
@@ -102,10 +124,11 @@ export class ThreadSession {
  * What to draw: user and assistant messages, with each tool call's result folded into its card.
  *
  * @param {object[]} messages AG-UI messages
- * @param {{timings?: object, pending?: object[], active?: boolean}} context
+ * @param {{timings?: object, pending?: object[], active?: boolean, usage?: object}} context usage: runId -> {usage, durationMs}
  */
-export function chatBlocks(messages, { timings = {}, pending = [], active = false } = {}) {
+export function chatBlocks(messages, { timings = {}, pending = [], active = false, usage = {} } = {}) {
   const results = new Map(messages.filter((m) => m.role === "tool").map((m) => [m.toolCallId, m.content]));
+  const used = new Map(Object.values(usage).filter((u) => u.usage.message_id).map((u) => [u.usage.message_id, u]));
   const waiting = new Set(pending.filter((p) => !p.decision).map((p) => p.toolCallId));
   const blocks = [];
   for (const message of messages) {
@@ -123,7 +146,9 @@ export function chatBlocks(messages, { timings = {}, pending = [], active = fals
         durationMs: timing && timing.end !== undefined ? timing.end - timing.start : null,
       };
     });
-    if (message.content || calls.length) blocks.push({ kind: "assistant", id: message.id, text: message.content || "", calls });
+    if (message.content || calls.length) {
+      blocks.push({ kind: "assistant", id: message.id, text: message.content || "", calls, usage: used.get(message.id) ?? null });
+    }
   }
   return blocks;
 }

@@ -4,7 +4,11 @@
 // message that streams in word by word does not redraw the chat, and an open tool card or a
 // half-typed denial reason survives the next event.
 
-import { renderMarkdown } from "./markdown.js";
+import { changes, check } from "./schema.js";
+import { StreamedMarkdown } from "./streamed.js";
+
+/** Each answer's view of its Markdown, drawn a block at a time as it streams (see streamed.js). */
+const answers = new WeakMap();
 
 /**
  * @param {HTMLElement} list
@@ -18,7 +22,7 @@ export function drawThreadList(list, threads, currentId, agentLabel = () => "") 
     if (!li) {
       li = document.createElement("li");
       li.dataset.threadId = thread.id;
-      li.innerHTML = `<a><span class="dot"></span><span class="title"></span><span class="agent" data-testid="thread-agent"></span></a>`;
+      li.innerHTML = `<a><span class="dot"></span><span class="title"></span><span class="branch-tag" title="A branch of another thread">branch</span><span class="agent" data-testid="thread-agent"></span></a>`;
     }
     const link = li.firstElementChild;
     link.href = `#/t/${thread.id}`;
@@ -28,6 +32,7 @@ export function drawThreadList(list, threads, currentId, agentLabel = () => "") 
     li.querySelector(".dot").dataset.status = thread.status;
     li.dataset.status = thread.status;
     li.querySelector(".title").textContent = thread.title || "Untitled";
+    li.querySelector(".branch-tag").hidden = !thread.parent;
     const agent = li.querySelector(".agent");
     agent.textContent = agentLabel(thread);
     agent.hidden = !agent.textContent;
@@ -71,7 +76,7 @@ export function statusLabel(status) {
  * @param {object[]} blocks from chatBlocks()
  * @param {boolean} streaming whether the last assistant message is still being written
  */
-export function drawMessages(list, blocks, streaming) {
+export function drawMessages(list, blocks, streaming, { editable = false, onEdit = () => {} } = {}) {
   const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
   const old = new Map([...list.children].map((li) => [li.dataset.key, li]));
   const lastAssistant = blocks.findLastIndex((b) => b.kind === "assistant");
@@ -87,7 +92,7 @@ export function drawMessages(list, blocks, streaming) {
       li.className = `message ${block.kind}`;
     }
     li.classList.toggle("streaming", streaming && index === lastAssistant && index === blocks.length - 1);
-    if (block.kind === "user") drawUser(li, block);
+    if (block.kind === "user") drawUser(li, block, editable, onEdit);
     else drawAssistant(li, block);
     const expected = previous ? previous.nextSibling : list.firstChild;
     if (expected !== li) list.insertBefore(li, expected);
@@ -97,13 +102,76 @@ export function drawMessages(list, blocks, streaming) {
   if (nearBottom) list.scrollTop = list.scrollHeight;
 }
 
-function drawUser(li, block) {
-  if (li.dataset.text === block.text) return;
-  li.dataset.text = block.text;
-  const bubble = document.createElement("div");
-  bubble.className = "bubble";
-  bubble.textContent = block.text; // a user's words are shown as typed, never as HTML
-  li.replaceChildren(bubble);
+/**
+ * A user's message, with an Edit button while the thread is idle: editing it opens the message in a
+ * box; saving it gives `onEdit(messageId, text)` the new text (which branches the thread from there).
+ */
+function drawUser(li, block, editable, onEdit) {
+  if (li.dataset.text !== block.text) {
+    li.dataset.text = block.text;
+    const bubble = document.createElement("div");
+    bubble.className = "bubble";
+    bubble.textContent = block.text; // a user's words are shown as typed, never as HTML
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "quiet edit";
+    edit.dataset.testid = "edit-message";
+    edit.textContent = "Edit";
+    edit.setAttribute("aria-label", "Edit this message (the edited message is answered in a new branch)");
+    edit.addEventListener("click", () => openEditor(li, block, onEdit));
+    li.replaceChildren(bubble, edit);
+  }
+  const editing = Boolean(li.querySelector(".editor"));
+  li.querySelector(".edit").hidden = !editable || editing;
+  if (!editable && editing) closeEditor(li, false);
+}
+
+function openEditor(li, block, onEdit) {
+  const editor = document.createElement("form");
+  editor.className = "editor";
+  editor.innerHTML = `
+    <textarea class="edit-text" rows="3" aria-label="Edited message" data-testid="edit-text"></textarea>
+    <div class="editor-actions">
+      <button type="submit" class="primary" data-testid="edit-save">Send in a new branch</button>
+      <button type="button" class="cancel">Cancel</button>
+      <span class="error" role="alert"></span>
+    </div>`;
+  const text = editor.querySelector("textarea");
+  text.value = block.text;
+  editor.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const edited = text.value.trim();
+    if (!edited) return;
+    for (const button of editor.querySelectorAll("button")) button.disabled = true;
+    onEdit(block.id, edited, (message) => {
+      editor.querySelector(".error").textContent = message;
+      for (const button of editor.querySelectorAll("button")) button.disabled = false;
+    });
+  });
+  editor.querySelector(".cancel").addEventListener("click", () => closeEditor(li, true));
+  text.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation(); // closes the editor; does not stop a run
+      closeEditor(li, true);
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      editor.requestSubmit();
+    }
+  });
+  li.querySelector(".bubble").hidden = true;
+  li.querySelector(".edit").hidden = true;
+  li.append(editor);
+  text.focus();
+}
+
+function closeEditor(li, refocus) {
+  li.querySelector(".editor")?.remove();
+  li.querySelector(".bubble").hidden = false;
+  const edit = li.querySelector(".edit");
+  if (refocus) {
+    edit.hidden = false;
+    edit.focus();
+  }
 }
 
 function drawAssistant(li, block) {
@@ -113,10 +181,8 @@ function drawAssistant(li, block) {
     text.className = "text";
     li.prepend(text);
   }
-  if (text.dataset.source !== block.text) {
-    text.innerHTML = renderMarkdown(block.text);
-    text.dataset.source = block.text;
-  }
+  if (!answers.has(text)) answers.set(text, new StreamedMarkdown(text));
+  answers.get(text).update(block.text);
   text.hidden = !block.text;
   const cards = new Map([...li.querySelectorAll(":scope > .tool")].map((card) => [card.dataset.callId, card]));
   for (const call of block.calls) {
@@ -129,6 +195,47 @@ function drawAssistant(li, block) {
     drawToolCard(card, call);
   }
   for (const card of cards.values()) card.remove();
+  drawUsage(li, block.usage);
+}
+
+/** Under an answer: the model that gave it, what its run used, and how long the run took. */
+function drawUsage(li, used) {
+  let line = li.querySelector(":scope > .usage");
+  if (!used) {
+    line?.remove();
+    return;
+  }
+  if (!line) {
+    line = document.createElement("p");
+    line.className = "usage";
+    line.dataset.testid = "usage";
+  }
+  li.append(line); // last, after any tool card added since
+  line.textContent = usageLine(used.usage, used.durationMs);
+}
+
+export function usageLine(usage, durationMs = null) {
+  const parts = [
+    usage.model,
+    plural(usage.requests, "request"),
+    `${count(usage.input_tokens)} in + ${count(usage.output_tokens)} out tokens`,
+    durationMs === null || durationMs === undefined ? null : formatDuration(durationMs),
+  ];
+  return parts.filter(Boolean).join(" · ");
+}
+
+function plural(n, word) {
+  return `${count(n)} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function count(n) {
+  return n.toLocaleString("en-US");
+}
+
+/** The thread's total: runs, model requests and tokens. */
+export function drawThreadUsage(element, total) {
+  element.hidden = total.runs === 0;
+  element.textContent = total.runs ? `${plural(total.runs, "run")} · ${plural(total.requests, "request")} · ${count(total.tokens)} tokens` : "";
 }
 
 function toolCard(callId) {
@@ -163,23 +270,24 @@ function formatDuration(ms) {
 }
 
 /**
- * The approval panel: one row per pending call, each decided on its own.
+ * The approval panel: one row per pending call, each decided on its own, its arguments editable.
  *
  * @param {HTMLElement} panel
  * @param {object[]} pending [{toolCallId, toolName, args, decision}]
  * @param {(call: object, decision: object) => void} onDecide
+ * @param {(toolName: string) => object|null} schemaOf the JSON schema of a tool's arguments, if known
  */
-export function drawApprovals(panel, pending, onDecide) {
+export function drawApprovals(panel, pending, onDecide, schemaOf = () => null) {
   const signature = JSON.stringify(pending);
   if (panel.dataset.signature === signature) return;
   panel.dataset.signature = signature;
   panel.hidden = pending.length === 0;
   const heading = document.createElement("h2");
   heading.textContent = pending.length > 1 ? `${pending.length} tool calls wait for your approval` : "A tool call waits for your approval";
-  panel.replaceChildren(heading, ...pending.map((call) => approvalRow(call, onDecide)));
+  panel.replaceChildren(heading, ...pending.map((call) => approvalRow(call, onDecide, schemaOf)));
 }
 
-function approvalRow(call, onDecide) {
+function approvalRow(call, onDecide, schemaOf) {
   const row = document.createElement("div");
   row.className = "approval";
   row.dataset.toolCallId = call.toolCallId;
@@ -194,28 +302,106 @@ function approvalRow(call, onDecide) {
     row.append(decided);
     return row;
   }
+  const editor = argsEditor(call, schemaOf(call.toolName));
   const actions = document.createElement("div");
   actions.className = "actions";
   actions.innerHTML = `
+    <button type="button" class="edit-args" data-testid="edit-args" aria-expanded="false">Edit arguments</button>
     <input type="text" class="reason" placeholder="Why deny? (optional)" aria-label="Reason for a denial">
     <label><input type="checkbox" class="remember"> Always allow <span class="tool-name"></span> in this thread</label>
     <button type="button" class="primary approve">Approve</button>
     <button type="button" class="danger deny">Deny</button>
     <span class="error" role="alert"></span>`;
   actions.querySelector(".tool-name").textContent = call.toolName;
+  const approve = actions.querySelector(".approve");
+  const toggle = actions.querySelector(".edit-args");
+  toggle.addEventListener("click", () => {
+    const open = editor.element.hidden;
+    editor.element.hidden = !open;
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.textContent = open ? "Keep the arguments" : "Edit arguments";
+    editor.reset();
+    if (open) editor.focus();
+  });
+  editor.onChange = (ok) => {
+    approve.disabled = !ok;
+    approve.textContent = editor.edited() ? "Approve with these arguments" : "Approve";
+  };
   const decide = (approved) => {
     const decision = { approved };
     const reason = actions.querySelector(".reason").value.trim();
     if (!approved && reason) decision.reason = reason;
     if (approved && actions.querySelector(".remember").checked) decision.remember = true;
+    const edited = editor.edited();
+    if (approved && edited) decision.args = edited;
     for (const button of actions.querySelectorAll("button")) button.disabled = true;
     onDecide(call, decision, (message) => {
       actions.querySelector(".error").textContent = message;
       for (const button of actions.querySelectorAll("button")) button.disabled = false;
     });
   };
-  actions.querySelector(".approve").addEventListener("click", () => decide(true));
+  approve.addEventListener("click", () => decide(true));
   actions.querySelector(".deny").addEventListener("click", () => decide(false));
-  row.append(actions);
+  row.append(editor.element, actions);
   return row;
+}
+
+/**
+ * A call's arguments as editable JSON, checked as one types against the tool's schema, with what the
+ * edit changes. `edited()`: the new arguments, or null while they are the model's (or the box is closed).
+ */
+function argsEditor(call, schema) {
+  const element = document.createElement("div");
+  element.className = "args-editor";
+  element.hidden = true;
+  element.innerHTML = `
+    <textarea class="args" rows="4" spellcheck="false" data-testid="args-text"></textarea>
+    <ul class="args-changes" data-testid="args-changes" aria-label="What the edit changes"></ul>
+    <p class="args-problem" role="alert" data-testid="args-problem"></p>`;
+  const text = element.querySelector("textarea");
+  text.setAttribute("aria-label", `Arguments of ${call.toolName} as JSON`);
+  const editor = { element, onChange: () => {}, value: null };
+  const update = () => {
+    const [value, problems] = parse(text.value, schema);
+    editor.value = problems.length ? null : value;
+    element.querySelector(".args-problem").textContent = problems.join("; ");
+    const changed = value && !problems.length ? changes(call.args, value) : [];
+    element.querySelector(".args-changes").replaceChildren(
+      ...changed.map(({ name, before, after }) => {
+        const item = document.createElement("li");
+        item.textContent =
+          before === undefined
+            ? `${name}: added ${JSON.stringify(after)}`
+            : after === undefined
+              ? `${name}: removed (was ${JSON.stringify(before)})`
+              : `${name}: ${JSON.stringify(before)} → ${JSON.stringify(after)}`;
+        return item;
+      }),
+    );
+    editor.onChange(element.hidden || problems.length === 0);
+  };
+  editor.reset = () => {
+    text.value = JSON.stringify(call.args, null, 2);
+    update();
+  };
+  editor.focus = () => text.focus();
+  editor.edited = () =>
+    !element.hidden && editor.value && changes(call.args, editor.value).length ? editor.value : null;
+  text.addEventListener("input", update);
+  text.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") event.stopPropagation(); // Esc here must not stop the run
+  });
+  return editor;
+}
+
+/** The arguments typed, and what is wrong with them (not JSON, not an object, not what the tool takes). */
+function parse(source, schema) {
+  let value;
+  try {
+    value = JSON.parse(source);
+  } catch (error) {
+    return [null, [`not JSON: ${error.message}`]];
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return [null, ["the arguments must be a JSON object"]];
+  return [value, schema ? check(schema, value) : []];
 }
