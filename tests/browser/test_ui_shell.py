@@ -66,6 +66,11 @@ async def test_the_first_screen_takes_a_message_at_once(server, context):
     await expect(chat.page.locator("#input")).to_be_focused()
     [run] = await settled_runs(server.url, chat.thread_id, 1)
     assert run["input"] == "/stream 5"
+    await chat.page.keyboard.type("/stream 2")
+    await chat.page.keyboard.press("Enter")
+    await chat.page.keyboard.press("Enter")  # in an open thread too: one message, one run
+    await chat.assert_last_answer("w1 w2")
+    assert [run["input"] for run in await settled_runs(server.url, chat.thread_id, 2)] == ["/stream 5", "/stream 2"]
     async with TetherClient(server.url) as client:
         [thread] = await client.list_threads()
     assert (thread["id"], thread["title"]) == (chat.thread_id, "/stream 5")

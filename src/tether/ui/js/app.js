@@ -562,40 +562,29 @@ async function act(action) {
   }
 }
 
+let sending = false; // a message is on its way: a second Enter meanwhile must not send it again
+
+/**
+ * The composer's message: it steers the open thread's run under way or starts one; on the first
+ * screen it creates a thread, titled by it, opens it and sends it there.
+ */
 async function send() {
   const input = $("input");
   const text = input.value.trim();
-  if (!text) return;
-  if (!current) {
-    await startThread(text);
-    return;
-  }
-  const thread = info(current.id);
-  const threadId = current.id;
-  await act(async () => {
-    if (ACTIVE.has(thread.status)) await api.steer(threadId, text);
-    else await api.send(threadId, text);
-    input.value = "";
-    resizeInput();
-    if (!thread.title) await api.rename(threadId, titleFrom(text));
-  });
-}
-
-let starting = false; // a first message is creating its thread: a second Enter must not make another
-
-/** The first screen's message: it creates a thread, titled by it, opens it and sends the message there. */
-async function startThread(text) {
-  if (starting) return;
-  starting = true;
+  if (!text || sending) return;
+  sending = true;
   try {
     await act(async () => {
-      const threadId = await createAndOpen(titleFrom(text));
-      await api.send(threadId, text);
-      $("input").value = "";
+      const threadId = current?.id ?? (await createAndOpen(titleFrom(text)));
+      const thread = info(threadId);
+      if (ACTIVE.has(thread.status)) await api.steer(threadId, text);
+      else await api.send(threadId, text);
+      input.value = "";
       resizeInput();
+      if (!thread.title) await api.rename(threadId, titleFrom(text));
     });
   } finally {
-    starting = false;
+    sending = false;
   }
 }
 
