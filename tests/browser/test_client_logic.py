@@ -255,3 +255,34 @@ async def test_streamed_markdown_draws_what_it_would_draw_at_once(server, contex
     assert results[3]["runs"] >= 5  # 26 KB in runs of 4 KB or more
     assert "<em>stressed 97</em>" in results[3]["html"] and "<code>code 194</code>" in results[3]["html"]
     assert await page.evaluate("window.__pwned") is None
+    # The closed fence is highlighted, streamed or not.
+    assert '<code class="hljs language-python"><span class="hljs-keyword">def</span>' in results[1]["html"]
+
+
+HIGHLIGHT_IN_JS = """async (pieces) => {
+  const { StreamedMarkdown } = await import('/ui/js/streamed.js');
+  const element = document.createElement('div');
+  const view = new StreamedMarkdown(element);
+  let text = '';
+  return pieces.map((piece) => {
+    view.update((text += piece));
+    const code = element.querySelector('pre code');
+    return { highlighted: code.classList.contains('hljs'), keywords: code.querySelectorAll('.hljs-keyword').length,
+             code: code.textContent, images: element.querySelectorAll('img').length };
+  });
+}"""
+
+
+async def test_a_code_block_is_highlighted_once_its_fence_is_closed(server, context):
+    page = await context.new_page()
+    await page.goto(server.url)
+    pieces = ["```python\ndef f():", '\n    return "<img src=x onerror=window.__pwned=1>"', "\n```", "\n\nafter"]
+    drawn = await page.evaluate(HIGHLIGHT_IN_JS, pieces)
+    # Open, the fence is drawn plain; closed (in the open block, then in a complete one), highlighted.
+    assert [d["highlighted"] for d in drawn] == [False, False, True, True]
+    assert drawn[-1]["keywords"] == 2  # def, return
+    # Highlighting changes no character of the code, and markup in it stays text.
+    code = 'def f():\n    return "<img src=x onerror=window.__pwned=1>"\n'
+    assert [d["code"] for d in drawn[1:]] == [code] * 3
+    assert {d["images"] for d in drawn} == {0}
+    assert await page.evaluate("window.__pwned") is None
