@@ -22,7 +22,7 @@ async def export(page: Page, what: str) -> tuple[str, str]:
     """Save the open thread as `what` (Markdown or JSON): the file's name and its text."""
     await page.get_by_test_id("export").click()
     async with page.expect_download() as saving:
-        await page.get_by_role("button", name=what).click()
+        await page.get_by_role("button", name=what, exact=True).click()
     download = await saving.value
     return download.suggested_filename, await asyncio.to_thread(Path(await download.path()).read_text)
 

@@ -122,6 +122,26 @@ async def new_chat(context: BrowserContext, base_url: str, message: str | None =
     return chat
 
 
+# The focused element if it does not show its focus (no outline: the UI's own, or the browser's ring), else null.
+_UNSEEN_FOCUS = """() => {
+  const element = document.activeElement;
+  const style = getComputedStyle(element);
+  const shown = element === document.body || (style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) > 0);
+  return shown ? null : element.outerHTML.slice(0, 200);
+}"""
+
+
+async def tab_to(page: Page, target: Locator, key: str = "Tab", most: int = 40) -> None:
+    """Press Tab (or Shift+Tab) until `target` has the focus; every element on the way shows its focus."""
+    for _ in range(most):
+        await page.keyboard.press(key)
+        unseen = await page.evaluate(_UNSEEN_FOCUS)
+        assert unseen is None, f"the focus is not shown on {unseen}"
+        if await target.evaluate("element => element === document.activeElement"):
+            return
+    raise AssertionError(f"{key} never reached {target}")
+
+
 async def eventually(read: Callable[[], Awaitable[Any]], expected: Any, within: float = 10) -> Any:
     """Poll `read()` until it returns `expected`; assert on the last value read if it never does."""
     deadline = time.monotonic() + within

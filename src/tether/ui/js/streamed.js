@@ -9,6 +9,7 @@
 // so such a paragraph starts a new line every 4 KB or so. Where the cuts fall depends on the text
 // alone, so an answer drawn as it streams and the same answer drawn at once after a reload are the same.
 
+import { copyButton } from "./copy.js";
 import { renderInline, renderMarkdown } from "./markdown.js";
 
 const RUN = 4096; // characters of a paragraph's words rendered together, at least
@@ -38,7 +39,7 @@ export class StreamedMarkdown {
     for (let end = blockEnd(text, this.settled); end !== -1; end = blockEnd(text, this.settled)) {
       const block = document.createElement("div");
       block.className = "md-block";
-      block.innerHTML = renderMarkdown(text.slice(this.settled, end));
+      drawBlock(block, text.slice(this.settled, end));
       this.element.insertBefore(block, this.open);
       this.open?.remove();
       this.open = null;
@@ -63,7 +64,7 @@ export class StreamedMarkdown {
     const paragraph = source.length > RUN && !source.includes("\n") && !NOT_A_PARAGRAPH.test(source);
     if (!paragraph) {
       this.runs = null;
-      this.open.innerHTML = renderMarkdown(source);
+      drawBlock(this.open, source);
       return;
     }
     if (!this.runs) {
@@ -89,6 +90,19 @@ export class StreamedMarkdown {
     }
     runs.scanned = source.length;
     runs.tail.innerHTML = renderInline(source.slice(runs.end));
+  }
+}
+
+/** A block's Markdown, each code block in it with a copy button (added here: the sanitiser lets no button through). */
+function drawBlock(element, source) {
+  element.innerHTML = renderMarkdown(source);
+  for (const pre of element.querySelectorAll("pre")) {
+    const code = pre.querySelector("code") ?? pre;
+    const wrapper = document.createElement("div");
+    wrapper.className = "code-block";
+    pre.replaceWith(wrapper);
+    // marked ends a code block with a newline of its own: the code is what stood between the fences.
+    wrapper.append(pre, copyButton("Copy code", () => code.textContent.replace(/\n$/, "")));
   }
 }
 

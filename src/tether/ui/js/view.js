@@ -4,6 +4,7 @@
 // message that streams in word by word does not redraw the chat, and an open tool card or a
 // half-typed denial reason survives the next event.
 
+import { copyButton } from "./copy.js";
 import { changes, check } from "./schema.js";
 import { StreamedMarkdown } from "./streamed.js";
 
@@ -195,13 +196,22 @@ function drawAssistant(li, block) {
     drawToolCard(card, call);
   }
   for (const card of cards.values()) card.remove();
-  drawUsage(li, block.usage);
+  drawFoot(li, block, answers.get(text));
 }
 
-/** Under an answer: the model that gave it, what its run used, and how long the run took. */
-function drawUsage(li, used) {
-  let line = li.querySelector(":scope > .usage");
-  if (!used) {
+/** Under an answer: what its run used (the model, requests, tokens, how long the run took), and Copy. */
+function drawFoot(li, block, answer) {
+  let foot = li.querySelector(":scope > .foot");
+  if (!foot) {
+    foot = document.createElement("div");
+    foot.className = "foot";
+    foot.append(copyButton("Copy this answer as Markdown", () => answer.text));
+  }
+  li.append(foot); // last, after any tool card added since
+  foot.querySelector(".copy").hidden = !block.text;
+  foot.hidden = !block.text && !block.usage;
+  let line = foot.querySelector(".usage");
+  if (!block.usage) {
     line?.remove();
     return;
   }
@@ -209,9 +219,9 @@ function drawUsage(li, used) {
     line = document.createElement("p");
     line.className = "usage";
     line.dataset.testid = "usage";
+    foot.prepend(line);
   }
-  li.append(line); // last, after any tool card added since
-  line.textContent = usageLine(used.usage, used.durationMs);
+  line.textContent = usageLine(block.usage.usage, block.usage.durationMs);
 }
 
 export function usageLine(usage, durationMs = null) {
