@@ -28,11 +28,12 @@ test: $(STAMP) chromium js-clients
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 4 --dist loadgroup -q
 
-# The npm clients the AG-UI and AI SDK tests drive, pinned in tests/js/package-lock.json: `npm ci` when
-# the lock file is newer than the last install. Without npm those tests skip (under CI=true they fail).
+# The npm clients the AG-UI and AI SDK tests drive, and axe-core for the UI's accessibility test, pinned
+# in tests/js/package-lock.json: `npm ci` when the lock file is newer than the last install. Without npm
+# those tests skip (under CI=true they fail).
 js-clients:
 	@if ! command -v npm >/dev/null; then \
-	  echo "npm not found: the AG-UI and AI SDK client tests will skip (and fail under CI=true)"; \
+	  echo "npm not found: the AG-UI, AI SDK and accessibility tests will skip (and fail under CI=true)"; \
 	elif [ ! -f $(JS_STAMP) ] || [ tests/js/package-lock.json -nt $(JS_STAMP) ]; then \
 	  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error) && touch $(JS_STAMP); \
 	fi

@@ -93,7 +93,10 @@ export class StreamedMarkdown {
   }
 }
 
-/** A block's Markdown, each code block in it with a copy button (added here: the sanitiser lets no button through). */
+/**
+ * A block's Markdown, each code block in it with a copy button (added here: the sanitiser lets no button
+ * through), and focusable, so that a line too wide for the screen can be scrolled to from the keyboard.
+ */
 function drawBlock(element, source) {
   element.innerHTML = renderMarkdown(source);
   for (const pre of element.querySelectorAll("pre")) {
@@ -101,6 +104,7 @@ function drawBlock(element, source) {
     const wrapper = document.createElement("div");
     wrapper.className = "code-block";
     pre.replaceWith(wrapper);
+    pre.tabIndex = 0;
     // marked ends a code block with a newline of its own: the code is what stood between the fences.
     wrapper.append(pre, copyButton("Copy code", () => code.textContent.replace(/\n$/, "")));
   }

@@ -253,7 +253,7 @@ function toolCard(callId) {
   card.className = "tool";
   card.dataset.callId = callId;
   card.dataset.testid = "tool-card";
-  card.innerHTML = `<summary><span class="name"></span><span class="args"></span><span class="duration"></span><span class="state"></span></summary><pre class="result"></pre>`;
+  card.innerHTML = `<summary><span class="name"></span><span class="args"></span><span class="duration"></span><span class="state"></span></summary><pre class="result" tabindex="0"></pre>`;
   return card;
 }
 
