@@ -1,5 +1,6 @@
 """Accessibility in the browser: axe-core (pinned in tests/js) finds no serious or critical violation
-on the main screens, in the light and the dark theme."""
+on the main screens, in the light and the dark theme, and the chat works from the keyboard alone, its
+focus always in sight."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from playwright.async_api import Page, expect
 
 from tether.client import TetherClient
 
-from ..conftest import IN_CI, wait_for_status
-from .ui import ChatPage, new_chat
+from ..conftest import IN_CI, notes, wait_for_status
+from .ui import ChatPage, new_chat, tab_to
 
 pytestmark = pytest.mark.sqlite_only  # the UI against one engine; the engines are tested beside
 
@@ -122,3 +123,75 @@ async def test_the_sign_in_screen_has_no_serious_axe_violation(start_server, con
     await page.press("#token-input", "Enter")
     await expect(page.get_by_test_id("signed-in-as")).to_have_text("Signed in")
     await assert_accessible(page, "signed in")
+
+
+async def test_the_keyboard_alone_sends_steers_stops_approves_denies_and_switches_threads(server, context):
+    page = await context.new_page()
+    chat = await ChatPage(page, server.url).open()
+    box = page.locator("#input")
+    messages = page.locator("#messages")
+    await expect(box).to_be_focused()
+
+    # Send, with the Send button, from the first screen: the thread is made and the run starts.
+    await page.keyboard.type("/steps 3 ms=400")
+    await tab_to(page, page.locator("#send"))
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#steer")).to_be_visible()
+    first = chat.thread_id
+    await expect(box).to_be_focused()
+
+    # Steer, with the Steer button, while the run is under way.
+    await page.keyboard.type("and then say goodbye")
+    await tab_to(page, page.locator("#steer"))
+    await page.keyboard.press("Enter")
+    await expect(messages.locator("li.user .bubble").last).to_have_text("and then say goodbye")
+    await chat.wait_until_idle()
+    await expect(box).to_be_focused()  # the Steer button went away with the run; the focus did not
+
+    # Stop, with the Stop button.
+    await page.keyboard.type("/stream 3000 ms=2")
+    await page.keyboard.press("Enter")
+    await expect(messages.locator("li.assistant").last).to_contain_text("w20")
+    await tab_to(page, page.locator("#stop"))
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#run-error")).to_contain_text("Stopped")
+    await expect(box).to_be_focused()
+
+    # Approve: the panel is just before the message box.
+    await page.keyboard.type("/approve yes")
+    await page.keyboard.press("Enter")
+    await tab_to(page, chat.approval().get_by_role("button", name="Approve"), "Shift+Tab")
+    await page.keyboard.press("Enter")
+    await chat.assert_last_answer("write_note says: saved the note 'yes'")
+    await expect(box).to_be_focused()
+
+    # Deny, with a reason.
+    await page.keyboard.type("/approve no")
+    await page.keyboard.press("Enter")
+    await tab_to(page, chat.approval().get_by_role("textbox", name="Reason for a denial"), "Shift+Tab")
+    await page.keyboard.type("not now")
+    await page.keyboard.press("Escape")  # in the reason, Esc does not stop the run
+    await tab_to(page, chat.approval().get_by_role("button", name="Deny"))
+    await page.keyboard.press("Enter")
+    await expect(page.locator(".tool[data-status=denied]")).to_have_count(1)
+    await expect(messages.locator("li.assistant").last).to_contain_text("not now")
+    await expect(box).to_be_focused()
+    assert notes(server.settings.data_dir) == ["yes"]
+
+    # Switch threads: a new one, then back to the first from the list, and on to the second.
+    await tab_to(page, page.get_by_role("button", name="New thread"))
+    await page.keyboard.press("Enter")
+    another = "before => location.hash.startsWith('#/t/') && location.hash !== before"
+    await page.wait_for_function(another, arg=f"#/t/{first}")
+    second = chat.thread_id
+    await expect(box).to_be_focused()
+    await page.keyboard.type("/stream 2")
+    await page.keyboard.press("Enter")
+    await chat.assert_last_answer("w1 w2")
+    for thread_id, answer in [(first, "no"), (second, "w1 w2")]:
+        link = page.locator(f"#thread-list li[data-thread-id={thread_id}] a")
+        await tab_to(page, link)
+        await page.keyboard.press("Enter")
+        await expect(link).to_have_attribute("aria-current", "page")
+        await expect(messages.locator("li.assistant").last).to_contain_text(answer)
+        await expect(link).to_be_focused()  # still there to go on from

@@ -121,6 +121,7 @@ async def test_several_pending_calls_are_decided_one_by_one(start_server, contex
     await chat.approval(0).get_by_role("button", name="Approve").click()
     # The first decision is kept while the run waits for the second, here and in the other tab.
     await expect(chat.approval(0)).to_contain_text("Approved; waiting for the other calls.")
+    await expect(chat.approval(1).get_by_test_id("edit-args")).to_be_focused()  # on to the next call
     await expect(other.approval(0)).to_contain_text("Approved; waiting for the other calls.")
     await other.approval(1).locator("input.reason").fill("keep b")
     await other.approval(1).get_by_role("button", name="Deny").click()

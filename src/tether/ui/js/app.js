@@ -21,6 +21,7 @@ const endedRuns = new Set();
 const deletedThreads = new Set();
 let current = null; // {id, session, abort, placeholder: {messages, until} | null, problem: string | null}
 let focusInputOnDraw = false; // the composer can take focus only once it is drawn
+let focusApprovalsOnDraw = false; // a call was decided from the panel: the focus goes on to what is left to decide
 let feed = null; // the feed's AbortController: sign-out closes it
 let me = null; // GET v1/me: {user, auth}; null until known (or on a server that cannot say)
 let served = null; // GET v1/agents: {agents, default}; null until known
@@ -422,8 +423,12 @@ function pendingOf(run) {
 
 async function decide(call, decision, onError) {
   const thread = info(current.id);
+  // The panel's buttons are disabled while the decision is sent, which takes their focus: it is given
+  // back once the panel is drawn anew.
+  const fromPanel = $("approvals").contains(document.activeElement);
   try {
     const run = await api.decide(thread.runId, call.toolCallId, decision);
+    focusApprovalsOnDraw = fromPanel;
     setRunState(run.thread_id, run.id, run.status, { error: run.error, pending: pendingOf(run) });
   } catch (error) {
     if (error instanceof ApiError && error.status === 409) refreshApprovals(thread.runId);
@@ -463,17 +468,17 @@ function draw() {
   drawAgentPicker($("agent-select"), served);
   const open = current && current.session;
   $("empty").hidden = Boolean(current);
-  $("messages").hidden = !current;
-  $("delete-thread").hidden = !current;
-  $("export").hidden = !current;
+  setHidden($("messages"), !current);
+  setHidden($("delete-thread"), !current);
+  setHidden($("export"), !current);
   $("chat-agent").textContent = current ? agentLabel(info(current.id)) : "";
   $("chat-agent").hidden = !$("chat-agent").textContent;
   drawBranchOf(current ? info(current.id) : null);
   if (!current) {
     $("chat-title").textContent = "Tether";
     $("chat-status").textContent = "";
-    $("approvals").hidden = true;
-    $("run-error").hidden = true;
+    setHidden($("approvals"), true);
+    setHidden($("run-error"), true);
     $("thread-usage").hidden = true;
     document.title = "Tether";
     drawComposer(null, [], false);
@@ -495,6 +500,11 @@ function draw() {
     const editable = !active && !current.loading && !current.placeholder;
     drawMessages($("messages"), blocks, thread.status === "running", { editable, onEdit: editMessage });
     drawApprovals($("approvals"), thread.pending, decide, (tool) => toolSchema(thread, tool));
+    if (focusApprovalsOnDraw) {
+      focusApprovalsOnDraw = false;
+      const next = $("approvals").hidden ? null : $("approvals").querySelector("button:enabled");
+      (next ?? $("input")).focus();
+    }
     drawComposer(thread, blocks, current.loading);
     if (focusInputOnDraw) {
       focusInputOnDraw = false;
@@ -504,10 +514,15 @@ function draw() {
   if (current.problem) showRunError(current.problem);
   else if (thread.status === "failed") showRunError(`The run failed: ${thread.error || "see the server log"}`, true);
   else if (thread.stopped && !active) showRunError(`Stopped: ${thread.stopped}.`, false, true);
-  else $("run-error").hidden = true;
+  else setHidden($("run-error"), true);
 }
 
-/** @param {object|null} thread null: the first screen, where the message starts a thread */
+/** Hide or show an element. Focus in one that hides goes to the message box, not to nowhere. */
+function setHidden(element, hidden) {
+  if (hidden && !element.hidden && element.contains(document.activeElement)) $("input").focus();
+  element.hidden = hidden;
+}
+
 /** The JSON schema of the arguments of a tool of the thread's agent (GET v1/agents), or null if unknown. */
 function toolSchema(thread, toolName) {
   const agent = served?.agents.find((a) => a.name === (thread.agent ?? served.default));
@@ -523,12 +538,13 @@ function drawBranchOf(thread) {
   link.querySelector(".parent-title").textContent = threads.get(thread.parent)?.title || "its parent thread";
 }
 
+/** @param {object|null} thread null: the first screen, where the message starts a thread */
 function drawComposer(thread, blocks, loading) {
   const active = Boolean(thread) && ACTIVE.has(thread.status);
-  $("send").hidden = active || loading;
-  $("steer").hidden = !active || loading;
-  $("stop").hidden = !active || loading;
-  $("retry").hidden = active || loading || !blocks.some((b) => b.kind === "user");
+  setHidden($("send"), active || loading);
+  setHidden($("steer"), !active || loading);
+  setHidden($("stop"), !active || loading);
+  setHidden($("retry"), active || loading || !blocks.some((b) => b.kind === "user"));
   $("input").placeholder = active
     ? "Steer the running agent (Enter), or Stop (Esc)"
     : thread
@@ -619,6 +635,7 @@ async function editMessage(messageId, text, onError) {
     toTop(branch.id);
     await api.send(branch.id, text);
     location.hash = `#/t/${branch.id}`;
+    focusInputOnDraw = true;
   } catch (error) {
     onError(error.message);
   }

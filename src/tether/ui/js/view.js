@@ -18,8 +18,11 @@ const answers = new WeakMap();
  * @param {(thread: object) => string} agentLabel the agent to name beside a thread ("": none)
  */
 export function drawThreadList(list, threads, currentId, agentLabel = () => "") {
-  const items = threads.map((thread) => {
-    let li = list.querySelector(`li[data-thread-id="${thread.id}"]`);
+  const old = new Map([...list.children].map((li) => [li.dataset.threadId, li]));
+  let previous = null;
+  for (const thread of threads) {
+    let li = old.get(thread.id);
+    old.delete(thread.id);
     if (!li) {
       li = document.createElement("li");
       li.dataset.threadId = thread.id;
@@ -37,9 +40,12 @@ export function drawThreadList(list, threads, currentId, agentLabel = () => "") 
     const agent = li.querySelector(".agent");
     agent.textContent = agentLabel(thread);
     agent.hidden = !agent.textContent;
-    return li;
-  });
-  list.replaceChildren(...items);
+    // Rows already in place stay put: a row taken out and put back would lose the keyboard's focus.
+    const expected = previous ? previous.nextSibling : list.firstChild;
+    if (expected !== li) list.insertBefore(li, expected);
+    previous = li;
+  }
+  for (const li of old.values()) li.remove();
 }
 
 /**
@@ -302,6 +308,8 @@ function approvalRow(call, onDecide, schemaOf) {
   row.className = "approval";
   row.dataset.toolCallId = call.toolCallId;
   row.dataset.testid = "approval";
+  row.setAttribute("role", "group"); // its Approve and Deny are this call's
+  row.setAttribute("aria-label", `Call to ${call.toolName}`);
   const what = document.createElement("code");
   what.textContent = `${call.toolName}(${JSON.stringify(call.args)})`;
   row.append(what);
