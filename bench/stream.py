@@ -9,7 +9,12 @@
 (c) replay of a 100,000-event thread: time to the first replayed event, and events/s;
 (d) capacity: the most concurrent `/stream 400 ms=50` runs (20 words/s each) with the p99 gap
     between consecutive events at the clients under 250 ms, through Tether and for pydantic-ai
-    alone (concurrent in-process runs); and the server's peak RSS per run.
+    alone (concurrent in-process runs); and the server's peak RSS per run;
+(e) fan-out: one `/stream 2000 ms=5` (10 s nominal) with 1, 100 and 1,000 watchers on its
+    thread's stream: the run's own duration, the server's CPU per delivered frame, and whether
+    every watcher got every event exactly once;
+(f) 50 stalled readers (connections that never read) on a fast `/stream 20000`: its duration
+    against the same run with no readers.
 
 Everything runs in one go on this machine, so the ratios are side by side. The clients read the
 SSE bytes straight off their sockets (see RawStream) and run in this process, on the same kind of
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import re
 import statistics
 import subprocess
@@ -65,6 +71,8 @@ class Server:
                 "1000",
                 "--max-runs",
                 "2000",  # every run executes at once: capacity is measured, not the queue
+                "--max-streams",
+                "5000",  # (e) has 1,000 watchers, all of one user
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -261,6 +269,97 @@ async def alone_gaps(agent: Agent, runs: int) -> list[float]:
     return gaps
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_duration(http: httpx.AsyncClient, run_id: str) -> float:
+    """The run's own duration, by the server's clock: from started to finished."""
+    while True:
+        run = (await http.get(f"/v1/runs/{run_id}")).json()
+        if run["status"] in ("completed", "failed", "cancelled"):
+            return run["finished_at"] - run["started_at"]
+        await asyncio.sleep(0.05)
+
+
+class Watcher:
+    """A thread stream's reader that checks it gets each event exactly once, in order (by `id:`)."""
+
+    ID = re.compile(rb"\nid: (\d+)\n")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self._tail = b""
+        self.finished = asyncio.get_running_loop().create_future()
+
+    def on_data(self, data: bytes, _now: float) -> None:
+        text = self._tail + data
+        cut = text.rfind(b"\n\n") + 2  # up to the last complete frame; the rest waits for more
+        self.ids += [int(n) for n in self.ID.findall(b"\n" + text[:cut])]
+        self._tail = text[cut:]
+        if b'"RUN_FINISHED"' in text[:cut] and not self.finished.done():
+            self.finished.set_result(None)
+
+    def refused(self, done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None and not self.finished.done():
+            self.finished.set_exception(done.exception())
+
+    def exact(self, first: int, last: int) -> bool:
+        return self.ids == list(range(first, last + 1))
+
+
+async def fan_out(url: str, pid: int, watchers: int) -> tuple[float, float, int, int]:
+    """(e): the run's duration, the server's CPU seconds, frames delivered, and how many watchers were exact."""
+    async with httpx.AsyncClient(base_url=url, timeout=None) as http:
+        thread = (await http.post("/v1/threads")).json()["id"]
+        readers = [Watcher() for _ in range(watchers)]
+        streams = []
+        for i in range(0, watchers, 100):  # in batches, within the server's listen backlog
+            streams += await asyncio.gather(
+                *[open_stream(url, f"/v1/threads/{thread}/stream", r.on_data) for r in readers[i : i + 100]]
+            )
+        for reader, stream in zip(readers, streams, strict=True):
+            stream.done.add_done_callback(reader.refused)
+        await asyncio.sleep(1)  # every stream is live
+        cpu = cpu_seconds(pid)
+        run = (await http.post(f"/v1/threads/{thread}/runs", json={"input": "/stream 2000 ms=5"})).json()
+        await asyncio.wait_for(asyncio.gather(*[r.finished for r in readers]), 600)
+        cpu = cpu_seconds(pid) - cpu
+        duration = await run_duration(http, run["run_id"])
+        last = max(r.ids[-1] for r in readers)  # RUN_FINISHED's: the thread's log ends with it
+        for stream in streams:
+            stream.done.cancel()
+        frames = sum(len(r.ids) for r in readers)
+        return duration, cpu, frames, sum(r.exact(1, last) for r in readers)
+
+
+class Stalled(asyncio.Protocol):
+    """A connection that sends its request and then never reads."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+
+async def stalled_readers(url: str, readers: int) -> float:
+    """(f): the duration of a fast run with `readers` stalled connections on its stream."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(base_url=url, timeout=None) as http:
+        thread = (await http.post("/v1/threads")).json()["id"]
+        run = (await http.post(f"/v1/threads/{thread}/runs", json={"input": "/stream 20000"})).json()
+        transports = []
+        for _ in range(readers):
+            transport, _ = await loop.create_connection(Stalled, host, int(port))
+            transport.write(f"GET /v1/runs/{run['run_id']}/stream HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            transports.append(transport)
+        duration = await run_duration(http, run["run_id"])
+        for transport in transports:
+            transport.abort()
+        return duration
+
+
 async def capacity(measure, steps: list[int]) -> tuple[int, dict[int, float]]:
     best, p99s = 0, {}
     for runs in steps:
@@ -273,7 +372,7 @@ async def capacity(measure, steps: list[int]) -> tuple[int, dict[int, float]]:
     return best, p99s
 
 
-PARTS = ("throughput", "latency", "replay", "tether-capacity", "alone-capacity")
+PARTS = ("throughput", "latency", "replay", "tether-capacity", "alone-capacity", "fan-out", "stalled")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -325,6 +424,27 @@ async def main(args: argparse.Namespace) -> None:
             if tether_best and alone_best:
                 ratio = tether_best / alone_best
                 print(f"    capacity: Tether {tether_best} runs, pydantic-ai alone {alone_best}, ratio {ratio:.2f}")
+            if "fan-out" in parts:
+                print("(e) fan-out, /stream 2000 ms=5 (10 s nominal) on a thread with N watchers;")
+                print("    server CPU per frame delivered beyond the first watcher's (the run's own cost)")
+                alone_cpu = alone_frames = 0.0
+                for watchers in (1, 100) if args.quick else (1, 100, 1000):
+                    duration, cpu, frames, exact = await fan_out(server.url, server.proc.pid, watchers)
+                    if watchers == 1:
+                        alone_cpu, alone_frames = cpu, frames
+                        extra = f"server CPU {cpu:.2f} s in all"
+                    else:
+                        extra = f"{(cpu - alone_cpu) / (frames - alone_frames) * 1e6:5.1f} µs per frame"
+                    print(
+                        f"    {watchers:5d} watchers: run {duration:6.1f} s ({duration / 10:.2f}x nominal), "
+                        f"{extra}, {exact}/{watchers} exact",
+                        flush=True,
+                    )
+            if "stalled" in parts:
+                alone = await stalled_readers(server.url, 0)
+                stalled = await stalled_readers(server.url, 50)
+                ratio = stalled / alone
+                print(f"(f) /stream 20000: {alone:.2f} s alone, {stalled:.2f} s with 50 stalled readers: {ratio:.2f}x")
         finally:
             server.stop()
 

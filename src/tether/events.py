@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ag_ui.core import BaseEvent, EventType, TextMessageContentEvent
@@ -37,9 +37,13 @@ class Event:
     type: str
     data: str
     """The AG-UI event as JSON text, exactly as sent to clients."""
+    _frame: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def sse(self) -> bytes:
-        return f"id: {self.seq}\ndata: {self.data}\n\n".encode()
+        """The event as an SSE frame; built once, however many connections it is sent to."""
+        if self._frame is None:
+            object.__setattr__(self, "_frame", f"id: {self.seq}\ndata: {self.data}\n\n".encode())
+        return self._frame  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,10 @@ class Bus(Protocol):
         """Follow a channel; `on_overflow` is called (once) when the buffer of `maxsize` items overflows."""
         ...
 
+    def audience(self, channel: str) -> int:
+        """How many subscriptions follow `channel` in this process."""
+        ...
+
     def publish(self, channel: str, items: list[Any]) -> None:
         """Deliver committed items to the channel's subscribers in every worker, in order.
 

@@ -2,56 +2,111 @@
 
 It is also the local half of the Redis bus (tether.bus.redis), which keeps one inside for
 delivery within its own process.
+
+A publish must not cost the producer once per subscriber: a run with a thousand watchers would
+wait for its audience at every commit. So each channel keeps one list of what was published,
+shared by its subscribers, each of which only remembers how far it has read; a publish appends
+once and wakes only the subscribers waiting at that moment. Now and then (see Channel._trim)
+what all have read is dropped, and a subscriber more than its buffer behind is cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+TRIM_EVERY = 64
+"""Items published between two trims of a channel's list, at least (more with more subscribers)."""
+
 
 class MemorySubscription:
-    def __init__(self, bus: MemoryBus, channel: str, maxsize: int, on_overflow: Callable[[], None] | None) -> None:
-        self._bus = bus
+    def __init__(self, channel: Channel, maxsize: int, on_overflow: Callable[[], None] | None) -> None:
         self._channel = channel
-        self._maxsize = maxsize
-        self._items: list[Any] = []
+        self.position = channel.end
+        """The channel's index of the next item this subscription reads."""
+        self.maxsize = maxsize
         self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
         self._on_overflow = on_overflow
 
-    def _offer(self, items: list[Any]) -> None:
-        if self.overflowed:
-            return
-        if len(self._items) + len(items) > self._maxsize:
-            self.overflowed = True
-            self._items = []
-            self.close()
-            if self._on_overflow is not None:
-                self._on_overflow()
-        else:
-            self._items.extend(items)
-        _wake(self._waiter)
-
     async def get(self, max_wait: float) -> list[Any]:
-        # One future and one timer per wait: this runs for every batch of every live stream, and
-        # wait_for(Event.wait()) costs a task, an event and a timer each time.
-        if not self._items and not self.overflowed:
+        # One future and one timer per wait: wait_for(Event.wait()) would cost a task, an event and a
+        # timer each time.
+        channel = self._channel
+        if self.position == channel.end and not self.overflowed:
             loop = asyncio.get_running_loop()
             self._waiter = waiter = loop.create_future()
+            channel.waiting.add(self)
             timer = loop.call_later(max_wait, _wake, waiter)
             try:
                 await waiter
             finally:
                 timer.cancel()
+                channel.waiting.discard(self)
                 self._waiter = None
-        items, self._items = self._items, []
+        if self.overflowed:
+            return []
+        items = channel.items[self.position - channel.start :]
+        self.position = channel.end
         return items
 
+    def behind(self) -> int:
+        """How many published items this subscription has not read yet."""
+        return self._channel.end - self.position
+
     def close(self) -> None:
-        self._bus._unsubscribe(self._channel, self)
+        self._channel.unsubscribe(self)
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self.close()
+        _wake(self._waiter)
+        if self._on_overflow is not None:
+            self._on_overflow()
+
+
+class Channel:
+    """What was published on one channel and not yet read by all, from index `start` to `end`."""
+
+    def __init__(self, bus: MemoryBus, name: str) -> None:
+        self._bus = bus
+        self._name = name
+        self.items: list[Any] = []
+        self.start = 0
+        self.subscribers: set[MemorySubscription] = set()
+        self.waiting: set[MemorySubscription] = set()
+        self._trim_at = TRIM_EVERY
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.items)
+
+    def publish(self, items: list[Any]) -> None:
+        self.items.extend(items)
+        if self.waiting:
+            waiting, self.waiting = self.waiting, set()
+            for sub in waiting:
+                _wake(sub._waiter)
+        if len(self.items) >= self._trim_at:
+            self._trim()
+
+    def _trim(self) -> None:
+        # Cut off the subscribers further behind than their buffer, then drop what all the others have
+        # read. Each trim looks at every subscriber, so trims are as far apart (in items) as there are
+        # subscribers: the cost per item published stays constant.
+        for sub in [sub for sub in self.subscribers if sub.behind() > sub.maxsize]:
+            sub._overflow()
+        oldest = min((sub.position for sub in self.subscribers), default=self.end)
+        del self.items[: oldest - self.start]
+        self.start = oldest
+        self._trim_at = len(self.items) + max(TRIM_EVERY, len(self.subscribers))
+
+    def unsubscribe(self, sub: MemorySubscription) -> None:
+        self.subscribers.discard(sub)
+        self.waiting.discard(sub)
+        if not self.subscribers and self._bus._channels.get(self._name) is self:
+            del self._bus._channels[self._name]
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -61,7 +116,7 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 
 class MemoryBus:
     def __init__(self) -> None:
-        self._subscribers: dict[str, set[MemorySubscription]] = defaultdict(set)
+        self._channels: dict[str, Channel] = {}
         self.healthy = True
         """Always: in one process every publish reaches every subscriber at once."""
 
@@ -80,17 +135,22 @@ class MemoryBus:
     def subscribe(
         self, channel: str, maxsize: int, on_overflow: Callable[[], None] | None = None
     ) -> MemorySubscription:
-        sub = MemorySubscription(self, channel, maxsize, on_overflow)
-        self._subscribers[channel].add(sub)
+        found = self._channels.get(channel)
+        if found is None:
+            found = self._channels[channel] = Channel(self, channel)
+        sub = MemorySubscription(found, maxsize, on_overflow)
+        found.subscribers.add(sub)
         return sub
 
     def publish(self, channel: str, items: list[Any]) -> None:
-        for sub in list(self._subscribers.get(channel, ())):
-            sub._offer(items)
+        found = self._channels.get(channel)
+        if found is not None:
+            found.publish(items)
 
-    def has_subscribers(self, channel: str) -> bool:
-        """Whether anyone here follows `channel` (the Redis bus decodes only messages someone will read)."""
-        return channel in self._subscribers
+    def audience(self, channel: str) -> int:
+        """How many follow `channel` here (the Redis bus decodes only messages someone will read)."""
+        found = self._channels.get(channel)
+        return len(found.subscribers) if found is not None else 0
 
     def wake_all(self) -> None:
         """End every pending get() now, with what it has (usually []), so that its follower looks again.
@@ -99,13 +159,7 @@ class MemoryBus:
         each follower re-reads the store instead of waiting out its keep-alive. A subscription that is
         not waiting at this moment is not affected.
         """
-        for subs in self._subscribers.values():
-            for sub in subs:
+        for found in self._channels.values():
+            waiting, found.waiting = found.waiting, set()
+            for sub in waiting:
                 _wake(sub._waiter)
-
-    def _unsubscribe(self, channel: str, sub: MemorySubscription) -> None:
-        subs = self._subscribers.get(channel)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subscribers[channel]

@@ -157,6 +157,9 @@ class RedisBus:
     ) -> MemorySubscription:
         return self._memory.subscribe(channel, maxsize, on_overflow)
 
+    def audience(self, channel: str) -> int:
+        return self._memory.audience(channel)
+
     def publish(self, channel: str, items: list[Event] | list[FeedItem]) -> None:
         """Deliver to local subscribers now, and queue the items for the other workers."""
         self._memory.publish(channel, items)
@@ -346,7 +349,7 @@ class RedisBus:
         if payload.startswith(self._own):
             return  # ours: delivered locally when published
         channel = key[self._prefix_len :].decode()
-        if self._memory.has_subscribers(channel):
+        if self._memory.audience(channel):
             self._memory.publish(channel, decode(channel, payload))
 
     def _on_control_message(self, payload: bytes) -> None:
