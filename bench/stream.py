@@ -14,7 +14,10 @@
     thread's stream: the run's own duration, the server's CPU per delivered frame, and whether
     every watcher got every event exactly once;
 (f) 50 stalled readers (connections that never read) on a fast `/stream 20000`: its duration
-    against the same run with no readers.
+    against the same run with no readers;
+(g) reconnect while a run streams at full speed (`/stream 300000`): the time from connecting to
+    its thread's stream with a Last-Event-ID 10 events behind the live tail to the first replayed
+    event, 50 times, 20 ms apart.
 
 Everything runs in one go on this machine, so the ratios are side by side. The clients read the
 SSE bytes straight off their sockets (see RawStream) and run in this process, on the same kind of
@@ -360,6 +363,42 @@ async def stalled_readers(url: str, readers: int) -> float:
         return duration
 
 
+async def reconnects(url: str, samples: int) -> list[float]:
+    """(g): connect → first replayed event, while the thread's run streams at full speed; each time
+    resuming a little behind the live tail (the last id a watcher of the thread has seen, less 10),
+    as a client does whose connection dropped for a moment."""
+    async with httpx.AsyncClient(base_url=url, timeout=None) as http:
+        thread = (await http.post("/v1/threads")).json()["id"]
+        last_id = [0]
+
+        def on_watched(data: bytes, _now: float) -> None:
+            if (at := data.rfind(b"\nid: ")) >= 0 and (end := data.find(b"\n", at + 5)) >= 0:
+                last_id[0] = int(data[at + 5 : end])
+
+        watcher = await open_stream(url, f"/v1/threads/{thread}/stream", on_watched)
+        run = (await http.post(f"/v1/threads/{thread}/runs", json={"input": "/stream 300000"})).json()
+        await asyncio.sleep(0.5)  # well under way
+        latencies = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            arrived = asyncio.get_running_loop().create_future()
+
+            def on_data(data: bytes, now: float, arrived: asyncio.Future[float] = arrived) -> None:
+                if b"\nid: " in b"\n" + data and not arrived.done():
+                    arrived.set_result(now)
+
+            stream = await open_stream(url, f"/v1/threads/{thread}/stream?after={last_id[0] - 10}", on_data)
+            latencies.append(await asyncio.wait_for(arrived, 30) - started)
+            stream.done.cancel()
+            await asyncio.sleep(0.02)
+        status = (await http.get(f"/v1/runs/{run['run_id']}")).json()["status"]
+        await http.post(f"/v1/runs/{run['run_id']}/cancel")
+        watcher.done.cancel()
+        if status != "running":
+            raise RuntimeError(f"the run was {status} before the reconnects ended: make it longer")
+        return latencies
+
+
 async def capacity(measure, steps: list[int]) -> tuple[int, dict[int, float]]:
     best, p99s = 0, {}
     for runs in steps:
@@ -372,7 +411,7 @@ async def capacity(measure, steps: list[int]) -> tuple[int, dict[int, float]]:
     return best, p99s
 
 
-PARTS = ("throughput", "latency", "replay", "tether-capacity", "alone-capacity", "fan-out", "stalled")
+PARTS = ("throughput", "latency", "replay", "tether-capacity", "alone-capacity", "fan-out", "stalled", "reconnect")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -445,6 +484,12 @@ async def main(args: argparse.Namespace) -> None:
                 stalled = await stalled_readers(server.url, 50)
                 ratio = stalled / alone
                 print(f"(f) /stream 20000: {alone:.2f} s alone, {stalled:.2f} s with 50 stalled readers: {ratio:.2f}x")
+            if "reconnect" in parts:
+                latencies = await reconnects(server.url, 50)
+                print(
+                    f"(g) reconnect → first replayed event beside a full-speed run: median "
+                    f"{statistics.median(latencies) * 1000:.1f} ms, p95 {quantile(latencies, 0.95) * 1000:.1f} ms"
+                )
         finally:
             server.stop()
 

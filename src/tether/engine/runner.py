@@ -69,6 +69,9 @@ from tether.store import (
 log = logging.getLogger("tether.run")
 
 
+TURN = 0.001
+"""Seconds a run may hold the event loop: a model that streams without ever waiting (a fast local
+model, the demo agent's /stream) would otherwise keep reconnects, POSTs and /healthz waiting."""
 DENIED = "The user denied this tool call"
 UNKNOWN_OUTCOME = (
     "The outcome of this tool call is unknown: the server restarted while it was running, so it may or may "
@@ -212,6 +215,8 @@ class RunExecution:
                 cancel_reason=lambda: self._cancel_reason or "cancelled",
             )
             agui_events = stream.transform_stream(self._agent_events(prompt), on_complete=self._on_complete)
+            loop = asyncio.get_running_loop()
+            turn_ends = loop.time() + TURN
             # aclosing: if recording fails, the agent run is closed here, in this task, not by the GC.
             async with aclosing(agui_events):
                 async for event in agui_events:
@@ -226,6 +231,10 @@ class RunExecution:
                         crash_point("text_delta")
                     if journal.congested:
                         await journal.commit(run.id)
+                        turn_ends = loop.time() + TURN
+                    elif loop.time() >= turn_ends:
+                        await asyncio.sleep(0)  # let whatever else is ready run
+                        turn_ends = loop.time() + TURN
             if self.status == "running":
                 # Stopped at a step boundary: hand the run over to another worker now, not when the lease lapses.
                 journal.update_run(run.id, worker=None, lease_expires_at=None, released="stopped")
