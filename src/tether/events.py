@@ -27,9 +27,12 @@ NO_RUN = ""
 """The run id of an event that no run wrote: the MESSAGES_SNAPSHOT that begins a forked thread's log."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One committed event of a thread's log."""
+    """One committed event of a thread's log; never changed once made.
+
+    Not a frozen dataclass: a frozen one takes 1.5 µs to make instead of 0.3, and a replay makes
+    hundreds of thousands a second."""
 
     thread_id: str
     seq: int
@@ -42,13 +45,13 @@ class Event:
     def sse(self) -> bytes:
         """The event as an SSE frame; built once, however many connections it is sent to."""
         if self._frame is None:
-            object.__setattr__(self, "_frame", f"id: {self.seq}\ndata: {self.data}\n\n".encode())
-        return self._frame  # type: ignore[return-value]
+            self._frame = f"id: {self.seq}\ndata: {self.data}\n\n".encode()
+        return self._frame
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FeedItem:
-    """One committed notice of the global feed."""
+    """One committed notice of the global feed; never changed once made (not frozen, as Event)."""
 
     seq: int
     thread_id: str

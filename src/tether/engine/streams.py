@@ -35,7 +35,11 @@ from typing import Any
 
 from tether.bus import Bus
 
-REPLAY_PAGE = 2_000
+FIRST_PAGE = 500
+"""Events read from the log at a replay's start: small, so that the first arrives soon..."""
+REPLAY_PAGE = 5_000
+"""...and then this many a read, so that a long replay pays for few reads (and holds at most a
+page of events in memory per connection)."""
 POLL = 0.25
 """Seconds between looks at the log while the bus cannot be trusted to deliver."""
 WRITES_PER_SECOND = 8_000
@@ -138,16 +142,18 @@ class Follower:
                 subscription.close()
 
     async def _replay(self) -> AsyncIterator[list[Any]]:
+        limit = FIRST_PAGE
         while True:
-            page = await self._read(self._seen, REPLAY_PAGE)
+            page = await self._read(self._seen, limit)
             if page:
                 self._seen = page[-1].seq
                 kept = [item for item in page if self._keep(item)]
                 if kept:
                     self.last_seq = kept[-1].seq
                     yield kept
-            if len(page) < REPLAY_PAGE:
+            if len(page) < limit:
                 return
+            limit = REPLAY_PAGE
 
     def _continues(self, items: list[Any]) -> bool:
         """Whether live items carry on from the last one seen, each the next in order."""
