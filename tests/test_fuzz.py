@@ -78,6 +78,13 @@ def test_the_openapi_says_how_callers_authenticate(start_server):
     without = spec(start_server())
     assert "securitySchemes" not in without["components"]
     assert all("401" not in op["responses"] and "security" not in op for _, _, op in operations(without))
+    custom = spec(start_server(auth="tests.auth:by_header"))  # no scheme to name; its failure is a 500
+    assert "securitySchemes" not in custom["components"]
+    for method, path, op in operations(custom):
+        protected = path.startswith(("/v1/", "/metrics"))
+        assert ("401" in op["responses"], "500" in op["responses"]) == (protected, protected), (method, path)
+        if protected:
+            assert "auth_failed" in op["responses"]["500"]["description"], (method, path)
 
 
 @pytest.mark.sqlite_only

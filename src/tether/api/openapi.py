@@ -38,7 +38,8 @@ def describe(
 
 def _authentication(schema: dict[str, Any], auth: Auth, protected: tuple[str, ...]) -> None:
     """With `--token` or `--users` every protected operation (/v1, and /metrics unless it is public)
-    needs the bearer scheme; with any auth each answers 401 without a caller. /healthz needs nothing."""
+    needs the bearer scheme; with any auth each answers 401 without a caller, and with `--auth` 500
+    when the function fails. /healthz needs nothing."""
     if auth.kind == "none":
         return
     bearer = auth.kind in ("token", "users")
@@ -55,12 +56,15 @@ def _authentication(schema: dict[str, Any], auth: Auth, protected: tuple[str, ..
             "scheme": "bearer",
             "description": "The server's `--token`, or a user's token from `--users`.",
         }
+    failed = error(500) | {"description": "The `--auth` function raised or returned no valid id (`auth_failed`)."}
     for path, operations in schema["paths"].items():
         if path.startswith(protected):
             for operation in operations.values():
                 operation["responses"]["401"] = unauthorized
                 if bearer:
                     operation["security"] = [{"bearer": []}]
+                elif "500" not in operation["responses"]:
+                    operation["responses"]["500"] = failed
 
 
 def _rate_limit(schema: dict[str, Any], protected: tuple[str, ...]) -> None:

@@ -46,6 +46,7 @@ WHEN = {
     421: "A Host name this server is not known by (`misdirected_request`).",
     422: "The request does not match its schema; the message names the field (`invalid_request`).",
     429: "Over a limit of the caller's: runs queued on the thread, or streams open (the code says which).",
+    500: "The server failed: `auth_failed` (its `--auth` function did) or `internal_error` (see its log).",
     503: "The server is shutting down, or its store cannot be used right now (`unavailable`).",
 }
 """What each error status of the API means, as its OpenAPI says."""
