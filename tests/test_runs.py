@@ -133,6 +133,21 @@ async def test_cancel_a_running_run(server):
         assert stored["status"] == "idle"
 
 
+async def test_a_run_streaming_at_full_speed_is_cancelled_cleanly_wherever_the_cancel_lands(server):
+    """A model that never waits gives the event loop up between events (and the journal applies
+    backpressure): a cancel landing at any such point ends the run as cancelled, never as a 500."""
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        for attempt in range(20):
+            run = await client.send(thread["id"], "/stream 1000000")
+            await asyncio.sleep(0.05 + 0.01 * attempt)
+            cancelled = await client.cancel(run["run_id"])
+            assert cancelled["status"] == "cancelled", attempt
+            events = await read_run(client, run["run_id"])
+            assert events[-1].data["type"] == "RUN_FINISHED", attempt
+        assert (await client.get_thread(thread["id"]))["status"] == "idle"
+
+
 async def test_fifty_runs_on_fifty_threads_at_once(server):
     async with TetherClient(server.url) as client:
         threads = await asyncio.gather(*[client.create_thread() for _ in range(50)])

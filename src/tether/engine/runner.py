@@ -215,8 +215,6 @@ class RunExecution:
                 cancel_reason=lambda: self._cancel_reason or "cancelled",
             )
             agui_events = stream.transform_stream(self._agent_events(prompt), on_complete=self._on_complete)
-            loop = asyncio.get_running_loop()
-            turn_ends = loop.time() + TURN
             # aclosing: if recording fails, the agent run is closed here, in this task, not by the GC.
             async with aclosing(agui_events):
                 async for event in agui_events:
@@ -231,10 +229,6 @@ class RunExecution:
                         crash_point("text_delta")
                     if journal.congested:
                         await journal.commit(run.id)
-                        turn_ends = loop.time() + TURN
-                    elif loop.time() >= turn_ends:
-                        await asyncio.sleep(0)  # let whatever else is ready run
-                        turn_ends = loop.time() + TURN
             if self.status == "running":
                 # Stopped at a step boundary: hand the run over to another worker now, not when the lease lapses.
                 journal.update_run(run.id, worker=None, lease_expires_at=None, released="stopped")
@@ -417,6 +411,8 @@ class RunExecution:
         the run continues in a new agent iteration instead of pausing.
         """
         served, deps = await self._served_agent()
+        loop = asyncio.get_running_loop()
+        turn_ends = loop.time() + TURN
         deferred = self._resume
         history = self._base_history
         while True:
@@ -449,6 +445,11 @@ class RunExecution:
                         async with node.stream(agent_run.ctx) as node_events:
                             async for event in node_events:
                                 yield event
+                                if loop.time() >= turn_ends:
+                                    # Here, inside the agent run: a cancel that lands on this await
+                                    # ends the run as pydantic-ai's cancel does (RunCancelled).
+                                    await asyncio.sleep(0)
+                                    turn_ends = loop.time() + TURN
             result = agent_run.result
             assert result is not None
             requests = result.output if isinstance(result.output, DeferredToolRequests) else None
