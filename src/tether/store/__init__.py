@@ -12,6 +12,7 @@ of every run they belong to (fencing).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -119,6 +120,24 @@ class Run:
     """The requested cancel is an interrupt: the unfinished model response is dropped."""
     usage: dict[str, Any] | None = None
     """What the run used so far, over all its executions (see tether.engine.usage); None before its first step."""
+    parts: list[dict[str, Any]] | None = None
+    """The message's parts when it has attachments: its text and references to them, in order (see
+    tether.attachments); None when `input` is the whole message."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An image or a file a user's message carried, stored once in its thread."""
+
+    id: str
+    thread_id: str
+    media_type: str
+    name: str | None
+    size: int
+    sha256: str
+    created_at: float
+    data: bytes | None = field(default=None, repr=False)
+    """The bytes; None where only what the attachment is was read."""
 
 
 @dataclass
@@ -291,10 +310,13 @@ class Store(Protocol):
     async def allow_tools(self, thread_id: str, tools: list[str]) -> None: ...
     async def delete_thread(self, thread_id: str) -> None: ...
 
-    async def create_run(self, run: Run, *, unless_active: bool = False) -> Run | None:
-        """Insert a queued run (its `ordinal` is given here). With `unless_active`, only if the thread
-        has no active run: else nothing is inserted and that run is returned. Raises NotFound if the
-        thread does not exist. The thread's row is locked meanwhile, so this holds across workers."""
+    async def create_run(
+        self, run: Run, *, unless_active: bool = False, attachments: Sequence[Attachment] = ()
+    ) -> Run | None:
+        """Insert a queued run (its `ordinal` is given here), and the attachments its message brought, in
+        one transaction. With `unless_active`, only if the thread has no active run: else nothing is
+        inserted and that run is returned. Raises NotFound if the thread does not exist. The thread's
+        row is locked meanwhile, so this holds across workers."""
         ...
 
     async def get_run(self, run_id: str) -> Run | None: ...
@@ -343,6 +365,22 @@ class Store(Protocol):
 
     async def tool_marks(self, run_id: str) -> list[ToolMark]: ...
     async def inbox(self, run_id: str) -> list[InboxItem]: ...
+
+    async def attachment(self, attachment_id: str, user_id: str) -> Attachment | None:
+        """An attachment with its bytes, if it is in one of the user's threads."""
+        ...
+
+    async def attachments(self, thread_id: str) -> list[Attachment]:
+        """What the thread's attachments are (without their bytes)."""
+        ...
+
+    async def attachment_data(self, thread_id: str, ids: Sequence[str]) -> dict[str, bytes]:
+        """The bytes of these attachments of the thread, by id."""
+        ...
+
+    async def copy_attachments(self, from_thread: str, to_thread: str, ids: Sequence[str]) -> None:
+        """Give another thread (a fork) its own copy of these attachments, under the same ids."""
+        ...
 
     async def latest_checkpoint(self, thread_id: str) -> Checkpoint | None: ...
     async def thread_snapshot(self, thread_id: str) -> ThreadSnapshot: ...

@@ -87,6 +87,22 @@ CREATE INDEX threads_by_user ON threads (user_id, updated_at DESC, id DESC);
 ALTER TABLE runs ADD COLUMN usage TEXT;
 """
 
+_ATTACHMENTS = """
+CREATE TABLE attachments (
+    thread_id   TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+    id          TEXT NOT NULL,
+    media_type  TEXT NOT NULL,
+    name        TEXT,
+    size        BIGINT NOT NULL,
+    sha256      TEXT NOT NULL,
+    created_at  {real} NOT NULL,
+    data        {blob} NOT NULL,
+    PRIMARY KEY (thread_id, id)
+);
+CREATE INDEX attachments_by_id ON attachments (id);
+ALTER TABLE runs ADD COLUMN input_parts TEXT;
+"""
+
 
 MIGRATIONS: list[Migration] = [
     # 1: threads, runs, the per-thread event log, the global feed, checkpoints.
@@ -376,5 +392,13 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX thread_words ON thread_text USING GIN (to_tsvector('simple', body));
         """,
         data=index_every_thread,
+    ),
+    # 8: attachments. The bytes of a message's images and files, stored once, in the thread they were sent
+    # to (a fork copies the ones its history holds); the event log and the checkpoints hold only a
+    # reference to them (tether.attachments). A run whose message has attachments keeps its parts (text,
+    # references) beside its text `input`.
+    Migration(
+        sqlite=_ATTACHMENTS.format(real="REAL", blob="BLOB"),
+        postgres=_ATTACHMENTS.format(real="DOUBLE PRECISION", blob="BYTEA"),
     ),
 ]

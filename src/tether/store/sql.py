@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -23,6 +24,7 @@ from tether.errors import NotFound
 from tether.events import Event, FeedItem
 from tether.store import (
     ACTIVE_STATUSES,
+    Attachment,
     Checkpoint,
     Claim,
     ClaimMode,
@@ -49,7 +51,7 @@ log = logging.getLogger("tether.store")
 _RUN_COLUMNS = (
     "id, thread_id, status, input, multitask, model, created_at, started_at, finished_at, error, "
     "pending_approvals, decisions, base_checkpoint_id, retry_of, inflight_response, recoveries, "
-    "ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards, usage"
+    "ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards, usage, input_parts"
 )
 _UPDATABLE_RUN_FIELDS = {
     "status",
@@ -76,6 +78,7 @@ _THREAD_COLUMNS = (
     "parent_thread_id"
 )
 _EVENT_COLUMNS = ("thread_id", "seq", "run_id", "type", "data")
+_ATTACHMENT_COLUMNS = "id, thread_id, media_type, name, size, sha256, created_at"
 
 
 def _chain(start: str) -> str:
@@ -216,7 +219,9 @@ class SQLStore:
 
     # runs
 
-    async def create_run(self, run: Run, *, unless_active: bool = False) -> Run | None:
+    async def create_run(
+        self, run: Run, *, unless_active: bool = False, attachments: Sequence[Attachment] = ()
+    ) -> Run | None:
         def script() -> Script[Run | None]:
             found = yield Query(f"SELECT id FROM threads WHERE id = ? {self.db.dialect.for_update}", (run.thread_id,))
             if not found:
@@ -236,6 +241,11 @@ class SQLStore:
             values = _run_values(run)
             marks = ", ".join("?" for _ in values)
             yield Execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks})", values)
+            for a in attachments:
+                yield Execute(
+                    f"INSERT INTO attachments ({_ATTACHMENT_COLUMNS}, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (a.id, a.thread_id, a.media_type, a.name, a.size, a.sha256, a.created_at, a.data),
+                )
             yield Execute("UPDATE threads SET updated_at = ? WHERE id = ?", (run.created_at, run.thread_id))
             return None
 
@@ -372,6 +382,45 @@ class SQLStore:
             (run_id,),
         )
         return [ToolMark(*row) for row in rows]
+
+    # attachments
+
+    async def attachment(self, attachment_id: str, user_id: str) -> Attachment | None:
+        if "\x00" in attachment_id:  # as in get_thread
+            return None
+        # A fork holds copies under the same ids, all in threads of the same user: any one will do.
+        row = await self._one(
+            f"SELECT {_ATTACHMENT_COLUMNS}, data FROM attachments "
+            "WHERE id = ? AND thread_id IN (SELECT id FROM threads WHERE user_id = ?) LIMIT 1",
+            (attachment_id, user_id),
+        )
+        return _attachment(row) if row else None
+
+    async def attachments(self, thread_id: str) -> list[Attachment]:
+        rows = await self.db.fetch(
+            f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE thread_id = ? ORDER BY created_at, id", (thread_id,)
+        )
+        return [_attachment(row) for row in rows]
+
+    async def attachment_data(self, thread_id: str, ids: Sequence[str]) -> dict[str, bytes]:
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        rows = await self.db.fetch(
+            f"SELECT id, data FROM attachments WHERE thread_id = ? AND id IN ({marks})", (thread_id, *ids)
+        )
+        return {attachment_id: bytes(data) for attachment_id, data in rows}
+
+    async def copy_attachments(self, from_thread: str, to_thread: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        marks = ", ".join("?" for _ in ids)
+        await self._execute(
+            f"INSERT INTO attachments ({_ATTACHMENT_COLUMNS}, data) "
+            f"SELECT id, ?, media_type, name, size, sha256, created_at, data FROM attachments "
+            f"WHERE thread_id = ? AND id IN ({marks})",
+            (to_thread, from_thread, *ids),
+        )
 
     # checkpoints
 
@@ -619,9 +668,14 @@ def _thread(row: tuple[Any, ...]) -> Thread:
     )
 
 
+def _attachment(row: tuple[Any, ...]) -> Attachment:
+    """An attachment from its columns, and its bytes if they were read too."""
+    return Attachment(*row[:7], data=bytes(row[7]) if len(row) > 7 else None)
+
+
 def _run(row: tuple[Any, ...]) -> Run:
     (*head, pending, decisions, base_checkpoint_id, retry_of, inflight, recoveries) = row[:16]
-    ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards, usage = row[16:]
+    ordinal, worker, lease_epoch, lease_expires_at, released, cancel_requested, cancel_discards, usage, parts = row[16:]
     return Run(
         *head,
         pending_approvals=[PendingCall(**c) for c in json.loads(pending)] if pending else None,
@@ -638,6 +692,7 @@ def _run(row: tuple[Any, ...]) -> Run:
         cancel_requested=cancel_requested,
         cancel_discards=bool(cancel_discards),
         usage=json.loads(usage) if usage else None,
+        parts=json.loads(parts) if parts else None,
     )
 
 
@@ -667,6 +722,7 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         run.cancel_requested,
         run.cancel_discards,
         json.dumps(run.usage) if run.usage is not None else None,
+        json.dumps(run.parts) if run.parts is not None else None,
     )
 
 
