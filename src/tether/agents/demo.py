@@ -9,6 +9,9 @@ easy to trigger from curl, the UI or a test:
     /approve TEXT [ms=D]  call `write_note(text=TEXT)`, which needs a human's approval (and takes D ms)
     /fail              the model raises, so the run fails
 
+A message with attachments (images, files) is answered with what each one is, its media type and
+size ("image/png, 1234 bytes"), so that attachments can be tried offline; directives are text alone.
+
 Every tool execution appends `{"tool": name, "tool_call_id": id}` to
 `demo_tools.log` in the data directory, so tests can count executions.
 """
@@ -25,6 +28,8 @@ from pathlib import Path
 
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import (
+    BinaryContent,
+    FileUrl,
     ModelMessage,
     ModelRequest,
     ModelResponse,
@@ -52,6 +57,8 @@ class _Turn:
 
     prompt: str
     tool_returns: list[ToolReturnPart]
+    attachments: list[str]
+    """What each attachment of the prompt is: "image/png, 1234 bytes" (or "… at URL")."""
 
 
 def _current_turn(messages: list[ModelMessage]) -> _Turn:
@@ -67,9 +74,18 @@ def _current_turn(messages: list[ModelMessage]) -> _Turn:
         returns[:0] = [p for p in message.parts[since:] if isinstance(p, ToolReturnPart)]
         if prompts:
             content = message.parts[prompts[-1]].content
-            text = content if isinstance(content, str) else " ".join(str(c) for c in content)
-            return _Turn(text.strip(), returns)
-    return _Turn("", returns)
+            items = [content] if isinstance(content, str) else list(content)
+            text = " ".join(item for item in items if isinstance(item, str))
+            return _Turn(text.strip(), returns, [_described(item) for item in items if not isinstance(item, str)])
+    return _Turn("", returns, [])
+
+
+def _described(item: object) -> str:
+    if isinstance(item, BinaryContent):
+        return f"{item.media_type}, {len(item.data)} bytes"
+    if isinstance(item, FileUrl):
+        return f"{item.media_type} at {item.url}"
+    return type(item).__name__
 
 
 def _call(name: str, args: dict) -> DeltaToolCalls:
@@ -89,6 +105,11 @@ async def demo_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIte
     """The scripted model: reads the directive of the current turn and plays it."""
     turn = _current_turn(messages)
     prompt = turn.prompt
+    if turn.attachments:
+        said = f'You said: "{prompt}" and attached ' if prompt else "You attached "
+        async for piece in _words(f"{said}{'; '.join(turn.attachments)}."):
+            yield piece
+        return
     if prompt == "/fail":
         raise DemoModelError("the demo model failed, as /fail asked")
     if prompt.startswith("/approve"):
