@@ -17,11 +17,14 @@ row it raises `StreamLost`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
+import mimetypes
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import httpx
@@ -66,6 +69,25 @@ class StreamLost(TetherError):
     def __init__(self, path: str, attempts: int, cause: BaseException | None) -> None:
         why = f"{type(cause).__name__}: {cause}" if cause is not None else "the server kept closing it"
         super().__init__(0, "stream_lost", f"lost {path} after {attempts} reconnect attempts in a row ({why})")
+
+
+def attachment(source: bytes | Path, media_type: str | None = None, *, name: str | None = None) -> dict[str, Any]:
+    """A part of a message that attaches an image or a file: its bytes, or a file's (by path), in base64.
+    The media type is guessed from the file's name when not given; an image type makes it an image.
+    Send it with others: `send(thread_id, [{"type": "text", "text": "what is this?"}, attachment(path)])`."""
+    if isinstance(source, Path):
+        name = name if name is not None else source.name
+        media_type = media_type or mimetypes.guess_type(source.name)[0]
+    if media_type is None:
+        raise ValueError("give the attachment's media_type (e.g. 'image/png'): it cannot be guessed from its name")
+    if isinstance(source, Path):
+        source = source.read_bytes()
+    part = {
+        "type": "image" if media_type.startswith("image/") else "file",
+        "media_type": media_type,
+        "data": base64.b64encode(source).decode(),
+    }
+    return {**part, "name": name} if name is not None else part
 
 
 @dataclass(frozen=True)
@@ -179,7 +201,9 @@ def _answer(response: httpx.Response) -> Any:
         except (ValueError, KeyError, TypeError):
             error = {"code": "http_error", "message": response.text}
         raise TetherError(response.status_code, error["code"], error["message"])
-    return response.json() if response.content else None
+    if not response.content:
+        return None
+    return response.json() if response.headers.get("content-type") == "application/json" else response.content
 
 
 def _retryable(error: BaseException) -> bool:
@@ -269,13 +293,24 @@ class _Api:
 
     @endpoint
     def send(
-        self, thread_id: str, text: str, *, multitask: str = "reject", model: str | None = None
+        self,
+        thread_id: str,
+        text: str | list[dict[str, Any]],
+        *,
+        multitask: str = "reject",
+        model: str | None = None,
     ) -> Call[dict[str, Any]]:
-        """Start a run with the user's message: {"run_id", "thread_id", "status"}."""
+        """Start a run with the user's message: its text, or its parts (`{"type": "text", "text"}` and
+        `attachment(...)`s). Answers {"run_id", "thread_id", "status"}."""
         body: dict[str, Any] = {"input": text, "multitask": multitask}
         if model is not None:
             body["model"] = model
         return Call("POST", f"/v1/threads/{thread_id}/runs", body)
+
+    @endpoint
+    def get_attachment(self, attachment_id: str) -> Call[bytes]:
+        """The bytes of an attachment of one of this user's messages (its `id` in the message's `attachments`)."""
+        return Call("GET", f"/v1/attachments/{attachment_id}")
 
     @endpoint
     def get_run(self, run_id: str) -> Call[dict[str, Any]]:
