@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic_ai import Agent, RunContext
-from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart, UserPromptPart
+from pydantic_ai.messages import BinaryContent, ModelMessage, ModelRequest, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.tools import DeferredToolRequests
 
@@ -154,3 +155,20 @@ async def _served_model(messages: list[ModelMessage], info: AgentInfo) -> AsyncI
 
 
 served_with_model = ServedAgent(who_agent, model=FunctionModel(stream_function=_served_model, model_name="served"))
+
+
+async def _attachments_seen(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+    """Every attachment the model is given, in the whole history: its media type, size and digest."""
+    seen = [
+        f"{item.media_type}:{len(item.data)}:{hashlib.sha256(item.data).hexdigest()[:12]}"
+        for m in messages
+        if isinstance(m, ModelRequest)
+        for p in m.parts
+        if isinstance(p, UserPromptPart) and not isinstance(p.content, str)
+        for item in p.content
+        if isinstance(item, BinaryContent)
+    ]
+    yield " ".join(seen) or "no attachments"
+
+
+attachments_seen: Agent[None, str] = Agent(FunctionModel(stream_function=_attachments_seen))

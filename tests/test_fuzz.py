@@ -127,3 +127,20 @@ def test_the_openapi_documents_errors_streams_and_resume_points(server: ServerTh
         parameters = {p["name"]: p["schema"] for p in document["paths"][path]["get"]["parameters"]}
         for name in ("after", "last-event-id"):
             assert parameters[name]["type"] == "string" and parameters[name]["pattern"] == "^[0-9]{0,19}$"
+
+
+@pytest.mark.sqlite_only
+def test_the_openapi_describes_a_message_s_parts_and_the_attachment_route(start_server):
+    """What the server's flags allow: the media types of an image and of a file, how many attachments a
+    message may hold, and what the attachment route may answer."""
+    document = spec(start_server(attachment_types=("image/png", "text/plain", "application/pdf"), max_attachments=3))
+    schemas = document["components"]["schemas"]
+    assert schemas["InputImage"]["properties"]["media_type"]["enum"] == ["image/png"]
+    assert schemas["InputFile"]["properties"]["media_type"]["enum"] == ["text/plain", "application/pdf"]
+    [text, parts] = schemas["CreateRun"]["properties"]["input"]["oneOf"]
+    assert text["type"] == "string" and parts["type"] == "array" and parts["maxContains"] == 3
+    assert set(parts["items"]["discriminator"]["mapping"]) == {"text", "image", "file"}
+    served = document["paths"]["/v1/attachments/{attachment_id}"]["get"]["responses"]
+    assert list(served["200"]["content"]) == ["image/png", "text/plain", "application/pdf"]
+    assert served["404"]["content"] == ERROR_OUT
+    assert {"413", "415"} <= set(document["paths"]["/v1/threads/{thread_id}/runs"]["post"]["responses"])

@@ -90,7 +90,15 @@ def create_app(
     app.state.settings = settings
     app.state.auth = caller_auth
     protected = ("/v1",) if settings.metrics_public else ("/v1", "/metrics")
-    describe(app, caller_auth, protected, served.served, rate_limited=bool(settings.rate_limit))
+    describe(
+        app,
+        caller_auth,
+        protected,
+        served.served,
+        rate_limited=bool(settings.rate_limit),
+        attachment_types=settings.attachment_types,
+        max_attachments=settings.max_attachments,
+    )
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)
@@ -99,7 +107,7 @@ def create_app(
     mount_ui(app)
     # Outermost last: the Host check first, then the headers every response gets, CORS, the Origin
     # check, authentication, the rate per user, and the body limit nearest the routes.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, message_bytes=settings.max_message_bytes)
     if settings.rate_limit:
         app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit)
     app.add_middleware(AuthMiddleware, auth=caller_auth, protected=protected)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -18,10 +19,13 @@ import uvicorn
 
 from tether import __version__
 from tether.config import (
+    DEFAULT_ATTACHMENT_TYPES,
     DEFAULT_FEED_KEEP,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_SECONDS,
     DEFAULT_LEASE,
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    DEFAULT_MAX_ATTACHMENTS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INPUT_CHARS,
@@ -179,7 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_MAX_CONNECTIONS,
         "open connections at once (streams included); past it, requests get 503 at once",
     )
-    option("--max-body-bytes", int, DEFAULT_MAX_BODY_BYTES, "larger request bodies get 413")
+    option(
+        "--max-body-bytes",
+        int,
+        DEFAULT_MAX_BODY_BYTES,
+        "larger request bodies get 413; a message's body may also hold its attachments, up to --max-attachments "
+        "of --max-attachment-bytes each, in base64",
+    )
+    option(
+        "--max-attachment-bytes",
+        int,
+        DEFAULT_MAX_ATTACHMENT_BYTES,
+        "bytes one attachment (an image, a file) of a message may have; 413 beyond",
+    )
+    option("--max-attachments", int, DEFAULT_MAX_ATTACHMENTS, "attachments one message may carry; 413 beyond (0: none)")
+    option(
+        "--attachment-types",
+        _split,
+        ",".join(DEFAULT_ATTACHMENT_TYPES),
+        "media types an attachment may have, comma-separated; 415 for others (images but PNG, JPEG, GIF and WebP "
+        "are served as downloads, never shown inline)",
+    )
     option(
         "--stream-buffer",
         int,
@@ -272,6 +296,9 @@ def serve_command(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         feed_keep=args.feed_keep,
         metrics_public=args.metrics_public,
+        max_attachment_bytes=args.max_attachment_bytes,
+        max_attachments=args.max_attachments,
+        attachment_types=tuple(args.attachment_types),
     )
     problem = _check_numbers(settings)
     if problem:
@@ -381,11 +408,17 @@ def _check_numbers(settings: Settings) -> str | None:
         ("--max-queued-runs", settings.max_queued_runs),
         ("--max-streams", settings.max_streams),
         ("--feed-keep", settings.feed_keep),
+        ("--max-attachment-bytes", settings.max_attachment_bytes),
     ):
         if value < 1:
             return f"{flag} must be at least 1, got {value}"
     if settings.rate_limit < 0:
         return f"--rate-limit must be 0 (no limit) or more, got {settings.rate_limit}"
+    if settings.max_attachments < 0:
+        return f"--max-attachments must be 0 (none) or more, got {settings.max_attachments}"
+    odd = [t for t in settings.attachment_types if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*", t)]
+    if odd:
+        return f"--attachment-types takes media types in lower case, like image/png; not {odd[0]!r}"
     return None
 
 

@@ -25,6 +25,17 @@ DEFAULT_MAX_INPUT_CHARS = 100_000
 DEFAULT_MAX_QUEUED_RUNS = 20
 DEFAULT_MAX_STREAMS = 100
 DEFAULT_FEED_KEEP = 100_000
+DEFAULT_MAX_ATTACHMENT_BYTES = 10_000_000
+DEFAULT_MAX_ATTACHMENTS = 4
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+DEFAULT_ATTACHMENT_TYPES = (
+    *IMAGE_TYPES,
+    "application/pdf",
+    "text/plain",
+    "text/markdown",
+    "text/csv",
+    "application/json",
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,12 @@ class Settings:
     """Serve GET /metrics without authentication (for a scraper on a private network)."""
     rate_limit: int = 0
     """Requests one user may make per minute (0: no limit): 429 with Retry-After beyond."""
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES
+    """The size one attachment of a message may have (its bytes, decoded): 413 beyond."""
+    max_attachments: int = DEFAULT_MAX_ATTACHMENTS
+    """Attachments (images, files) one message may carry: 413 beyond (0: none)."""
+    attachment_types: tuple[str, ...] = DEFAULT_ATTACHMENT_TYPES
+    """The media types an attachment may have: 415 for any other."""
 
     def __post_init__(self) -> None:
         # Paths may be given as strings (Settings(data_dir="/var/lib/tether")) by an app that embeds Tether.
@@ -102,7 +119,7 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
-        for name in ("agents", "allowed_hosts", "cors_origins"):
+        for name in ("agents", "allowed_hosts", "cors_origins", "attachment_types"):
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, (getattr(self, name),))
 
@@ -112,6 +129,13 @@ class Settings:
         if self.database is not None and self.database.startswith("sqlite:///"):
             return Path(self.database.removeprefix("sqlite:///"))
         return self.data_dir / "tether.db"
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The body a message (POST /v1/threads/{tid}/runs) may have: --max-body-bytes, and room for as many
+        attachments as it may carry, each as large as it may be, in base64. So a message within the
+        attachment limits is never refused for its body's size, and every other body stays small."""
+        return self.max_body_bytes + self.max_attachments * 4 * -(-self.max_attachment_bytes // 3)
 
     @property
     def uses_postgres(self) -> bool:

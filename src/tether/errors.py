@@ -53,6 +53,13 @@ class TooLarge(TetherError):
     code = "too_large"
 
 
+class UnsupportedMediaType(TetherError):
+    """Content of a type the server does not take (an attachment's media type)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class TooMany(TetherError):
     """A limit on how much one user may have at once (queued runs, open streams) or per minute."""
 

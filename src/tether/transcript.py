@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tether.attachments import ATTACHMENTS
 from tether.events import Event
 from tether.store import ClientMessage
 
 
 def fold(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Apply AG-UI events in order; MESSAGES_SNAPSHOT replaces everything folded so far."""
+    """Apply AG-UI events in order; MESSAGES_SNAPSHOT replaces everything folded so far. A user message's
+    attachments (a CUSTOM `tether.attachments` after it) are its `attachments`."""
     transcript = Transcript()
     for event in events:
         transcript.apply(event)
@@ -78,6 +80,10 @@ class Transcript:
                     "toolCallId": event["toolCallId"],
                 }
             )
+        elif kind == "CUSTOM" and event.get("name") == ATTACHMENTS:
+            message = self._by_id.get(event["value"]["messageId"])
+            if message is not None:
+                message["attachments"] = event["value"]["attachments"]
         elif kind == "MESSAGES_SNAPSHOT":
             self._messages = [dict(m) for m in event["messages"]]
             self._by_id = {m["id"]: m for m in self._messages}
@@ -147,8 +153,8 @@ def with_log_ids(stored: list[dict[str, Any]], logged: list[dict[str, Any]]) -> 
     """The stored history's messages (freshly rendered) under the ids of the log's fold.
 
     Invariant 3 pairs them up: a tool message by its call, an assistant message with tool calls by its
-    first call, and the other messages with text (the user's, the assistant's) in order, checked by
-    their text. A message the log does not show (a system prompt) keeps the id it was rendered with.
+    first call, and the other messages with text or attachments (the user's, the assistant's) in order,
+    checked by both. A message the log does not show (a system prompt) keeps the id it was rendered with.
     """
     results: dict[str, str] = {}
     callers: dict[str, str] = {}
@@ -158,7 +164,7 @@ def with_log_ids(stored: list[dict[str, Any]], logged: list[dict[str, Any]]) -> 
             results[message["toolCallId"]] = message["id"]
         elif message.get("toolCalls"):
             callers[message["toolCalls"][0]["id"]] = message["id"]
-        elif message.get("content"):
+        elif message.get("content") or message.get("attachments"):
             said.append(message)
     out, next_said = [], 0
     for message in stored:
@@ -167,14 +173,15 @@ def with_log_ids(stored: list[dict[str, Any]], logged: list[dict[str, Any]]) -> 
             log_id = results.get(message.get("toolCallId", ""))
         elif message.get("toolCalls"):
             log_id = callers.get(message["toolCalls"][0]["id"])
-        elif next_said < len(said) and (said[next_said]["role"], said[next_said]["content"]) == (
-            message["role"],
-            message.get("content"),
-        ):
+        elif next_said < len(said) and _said(said[next_said]) == _said(message):
             log_id = said[next_said]["id"]
             next_said += 1
         out.append({**message, "id": log_id} if log_id is not None else message)
     return out
+
+
+def _said(message: dict[str, Any]) -> tuple[Any, ...]:
+    return message["role"], message.get("content"), message.get("attachments")
 
 
 def comparable(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,6 +202,8 @@ def comparable(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
         if message.get("toolCallId"):
             item["toolCallId"] = message["toolCallId"]
+        if message.get("attachments"):
+            item["attachments"] = message["attachments"]
         if len(item) > 1:
             out.append(item)
     return _sort_tool_runs(out)

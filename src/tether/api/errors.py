@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -71,26 +72,35 @@ def _describe(problem: dict) -> str:
     return f"{where}: {problem.get('msg', 'invalid')}"
 
 
+MESSAGE_ROUTE = re.compile(r"/v1/threads/[^/]+/runs$")
+"""The route that takes a message with attachments (POST; under any prefix the app is mounted at)."""
+
+
 class BodyLimitMiddleware:
     """413 for request bodies over the limit, whether they announce their length or not.
 
-    A body without a Content-Length is read (up to the limit) before the app sees it: an error
-    raised while the app reads would be turned into a generic 400 by the body parser.
+    A message (`MESSAGE_ROUTE`) may be larger, `message_bytes`: it may carry attachments. A body
+    without a Content-Length is read (up to the limit) before the app sees it: an error raised while
+    the app reads would be turned into a generic 400 by the body parser.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, message_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.message_bytes = max(max_bytes, message_bytes or 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes
+        if scope["method"] == "POST" and MESSAGE_ROUTE.search(scope["path"]):
+            limit = self.message_bytes
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit():
-            if int(declared) > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if int(declared) > limit:
+                await self._too_large(scope, receive, send, limit)
             else:
                 await self.app(scope, receive, send)
             return
@@ -103,8 +113,8 @@ class BodyLimitMiddleware:
             if message["type"] != "http.request":
                 return  # the client went away
             body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._too_large(scope, receive, send, unread=message.get("more_body", False))
+            if len(body) > limit:
+                await self._too_large(scope, receive, send, limit, unread=message.get("more_body", False))
                 return
             if not message.get("more_body", False):
                 break
@@ -119,7 +129,7 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send, *, unread: bool = True) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int, *, unread: bool = True) -> None:
         # Read (and drop) the rest of a body of reasonable size before answering: closing the
         # connection with unread bytes makes the kernel send a reset, and the client then loses
         # the 413 and sees only a broken connection.
@@ -135,7 +145,7 @@ class BodyLimitMiddleware:
         response = error_response(
             413,
             "body_too_large",
-            f"the request body is larger than {self.max_bytes} bytes",
+            f"the request body is larger than {limit} bytes",
             headers={"connection": "close"},
         )
         await response(scope, receive, send)

@@ -12,15 +12,24 @@ from fastapi import FastAPI
 from tether.api.auth import Auth
 from tether.api.protocols.history import CLIENT_ID_PATTERN
 from tether.api.routes import ERROR_OUT, error
+from tether.attachments import kind
 
 
 def describe(
-    app: FastAPI, auth: Auth, protected: tuple[str, ...], agents: Iterable[str], *, rate_limited: bool
+    app: FastAPI,
+    auth: Auth,
+    protected: tuple[str, ...],
+    agents: Iterable[str],
+    *,
+    rate_limited: bool,
+    attachment_types: Iterable[str],
+    max_attachments: int,
 ) -> None:
     """Make the app's /openapi.json tell these facts too (`protected`: the paths that need a caller;
-    `rate_limited`: whether `--rate-limit` is set)."""
+    `rate_limited`: whether `--rate-limit` is set; `attachment_types`, `max_attachments`: the flags)."""
     generate = app.openapi
     names = list(agents)
+    types = list(attachment_types)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -29,6 +38,7 @@ def describe(
             if rate_limited:
                 _rate_limit(schema, protected)
             _agents(schema, names)
+            _attachments(schema, types, max_attachments)
             _tags_required(schema)
             _client_ids(schema)
         return app.openapi_schema  # type: ignore[return-value]
@@ -82,6 +92,22 @@ def _agents(schema: dict[str, Any], names: list[str]) -> None:
     """A new thread's `agent` is one this server serves (else `400 unknown_agent`)."""
     agent = schema["components"]["schemas"]["CreateThread"]["properties"]["agent"]
     agent["anyOf"] = [{"type": "string", "enum": names}, {"type": "null"}]
+
+
+def _attachments(schema: dict[str, Any], types: list[str], most: int) -> None:
+    """A message holds at most `--max-attachments` parts that are not text (else `413
+    too_many_attachments`); an attachment's media type is one this server takes (else `415
+    unsupported_media_type`): an image part's an image type, a file part's any other; and the
+    attachment route serves them."""
+    components = schema["components"]["schemas"]
+    (parts,) = [s for s in components["CreateRun"]["properties"]["input"]["oneOf"] if s.get("type") == "array"]
+    attached = {"required": ["type"], "properties": {"type": {"enum": ["image", "file"]}}}
+    parts.update(contains=attached, minContains=0, maxContains=most)
+    for part, images in (("InputImage", True), ("InputFile", False)):
+        allowed = [t for t in types if (kind(t) == "image") == images]
+        components[part]["properties"]["media_type"]["enum"] = allowed
+    served = schema["paths"]["/v1/attachments/{attachment_id}"]["get"]["responses"]["200"]
+    served["content"] = {t: {"schema": {"type": "string", "format": "binary"}} for t in types}
 
 
 def _tags_required(schema: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from tether import __version__
+from tether import __version__, attachments
 from tether.api.auth import caller
 from tether.api.schemas import (
     AgentList,
@@ -42,7 +42,9 @@ WHEN = {
     404: "No such thread or run, or another user's (`not_found`).",
     409: "The thread, run or log is not in a state that allows this now (the code says why).",
     410: "The feed no longer holds what came after that id (`feed_expired`): connect without one.",
-    413: "The body is larger than `--max-body-bytes` (`body_too_large`).",
+    413: "The body is larger than `--max-body-bytes` (`body_too_large`; a message's may also hold its attachments), "
+    "or a message over a limit: `input_too_long`, `too_many_attachments`, `attachment_too_large`.",
+    415: "An attachment's media type is not one of `--attachment-types` (`unsupported_media_type`).",
     421: "A Host name this server is not known by (`misdirected_request`).",
     422: "The request does not match its schema; the message names the field (`invalid_request`).",
     429: "Over a limit of the caller's: runs queued on the thread, or streams open (the code says which).",
@@ -247,14 +249,15 @@ async def delete_thread(request: Request, thread_id: str) -> Response:
     status_code=202,
     response_model=RunAccepted,
     tags=["runs"],
-    responses=errors(400, 403, 404, 409, 429),
+    responses=errors(400, 403, 404, 409, 415, 429),
 )
 async def create_run(request: Request, thread_id: str, body: CreateRun) -> RunAccepted:
     """Answer a message in the background. The events follow on the thread's and the run's streams."""
+    sent = body.input if isinstance(body.input, str) else [part.model_dump(exclude_none=True) for part in body.input]
     if body.multitask == "steer":
-        run, delivery = await engine(request).steer(thread_id, caller(request), body.input)
+        run, delivery = await engine(request).steer(thread_id, caller(request), sent)
         return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status, delivery=delivery)
-    run = await engine(request).start_run(thread_id, caller(request), body.input, body.multitask, body.model)
+    run = await engine(request).start_run(thread_id, caller(request), sent, body.multitask, body.model)
     return RunAccepted(run_id=run.id, thread_id=run.thread_id, status=run.status)
 
 
@@ -306,6 +309,25 @@ async def stream_thread(
 ) -> EventStreamResponse:
     follower = await engine(request).follow_thread(thread_id, caller(request), resume_point(last_event_id, after))
     return EventStreamResponse(follower, f"thread {thread_id} stream")
+
+
+@router.get(
+    "/attachments/{attachment_id}",
+    response_class=Response,
+    tags=["attachments"],
+    responses={
+        200: {
+            "description": "The attachment's bytes, as its media type (an image shown inline, anything else a "
+            "download; see tether.attachments).",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **errors(404),
+    },
+)
+async def get_attachment(request: Request, attachment_id: str) -> Response:
+    """An image or file of a message, for the user whose thread it is in (anyone else: 404)."""
+    found = await engine(request).attachment(attachment_id, caller(request))
+    return Response(found.data, media_type=found.media_type, headers=attachments.served_headers(found))
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"], responses=errors(404))

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import binascii
 import json
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
+from tether import attachments
 from tether.store import Run, RunStatus, Thread
 
 
@@ -34,6 +45,9 @@ NO_NUL = "^[^\\u0000]*$"
 NOT_BLANK = f"^[^\\u0000]*[^\\u0000{_SPACES}][^\\u0000]*$"
 
 Title = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": NO_NUL}), AfterValidator(_no_nul)]
+FileName = Annotated[
+    str, Field(min_length=1, max_length=255, json_schema_extra={"pattern": NO_NUL}), AfterValidator(_no_nul)
+]
 UserText = Annotated[
     str,
     Field(min_length=1, json_schema_extra={"pattern": NOT_BLANK}),
@@ -91,8 +105,104 @@ class ForkThread(Strict):
     )
 
 
+BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+URL = "^https?://[!-~]+$"
+"""A url the model may fetch: http or https, in printable ASCII (an IRI's other characters percent-encoded)."""
+
+
+def _base64(value: str) -> str:
+    try:
+        binascii.a2b_base64(value, strict_mode=True)
+    except binascii.Error as exc:
+        raise ValueError(f"must be base64 (RFC 4648, with padding): {exc}") from None
+    return value
+
+
+class InputText(Strict):
+    type: Literal["text"]
+    text: UserText
+
+
+class _InputMedia(Strict):
+    """An attachment: its bytes as `data`, or a `url` (see tether.attachments)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["data"], "properties": {"data": {"type": "string"}}},
+                {"required": ["url"], "properties": {"url": {"type": "string"}, "name": {"type": "null"}}},
+            ]
+        }
+    )
+
+    media_type: str = Field(max_length=127, description="One of the server's `--attachment-types` (else 415).")
+    data: Annotated[str, Field(min_length=4, json_schema_extra={"pattern": BASE64}), AfterValidator(_base64)] | None = (
+        Field(default=None, description="The bytes, in base64: at most `--max-attachment-bytes` of them (else 413).")
+    )
+    url: Annotated[str, Field(max_length=2048, pattern=URL)] | None = Field(
+        default=None, description="Instead of `data`: where the model may fetch it (Tether itself does not)."
+    )
+    name: FileName | None = Field(default=None, description="A file name to show, with `data`.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.data is None) == (self.url is None):
+            raise ValueError("give the bytes as `data` (base64), or a `url`: one of the two")
+        if self.url is not None and self.name is not None:
+            raise ValueError("`name` goes with `data` (a url names its own file)")
+        return self
+
+
+class InputImage(_InputMedia):
+    type: Literal["image"]
+
+
+class InputFile(_InputMedia):
+    type: Literal["file"]
+
+
+InputPart = Annotated[InputText | InputImage | InputFile, Field(discriminator="type")]
+
+
+def _input_kind(value: Any) -> str | None:
+    return "text" if isinstance(value, str) else "parts" if isinstance(value, list) else None
+
+
+MessageInput = Annotated[
+    Annotated[UserText, Tag("text")] | Annotated[list[InputPart], Field(min_length=1, max_length=64), Tag("parts")],
+    Discriminator(
+        _input_kind,
+        custom_error_type="input_type",
+        custom_error_message="must be the message's text, or a list of its parts",
+    ),
+]
+
+
+def _text_only(value: Any) -> Any:
+    if isinstance(value, list):
+        raise ValueError(
+            "a steering message is text only: send attachments in a message of their own "
+            "(POST /v1/threads/{tid}/runs with multitask 'enqueue' or 'interrupt')"
+        )
+    return value
+
+
 class CreateRun(Strict):
-    input: UserText = Field(description="The user's message.")
+    model_config = ConfigDict(
+        # A steering message is text only: its schema says so (and the engine answers 422).
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"multitask": {"enum": ["reject", "enqueue", "interrupt"]}}},
+                {"properties": {"input": {"type": "string"}}},
+            ]
+        }
+    )
+
+    input: MessageInput = Field(
+        description="The user's message: its text, or its parts: `{type: text, text}`, and attachments "
+        "`{type: image | file, media_type, data (base64), name?}` or `{type: image | file, media_type, url}` "
+        "(at most `--max-attachments`; an image's media_type is an image type, a file's is not)."
+    )
     multitask: Literal["reject", "enqueue", "steer", "interrupt"] = Field(
         default="reject",
         description="If the thread already has an active run: 409 (reject), run after it (enqueue), give it "
@@ -102,7 +212,9 @@ class CreateRun(Strict):
 
 
 class SteerRequest(Strict):
-    input: UserText = Field(description="The message for the running agent.")
+    input: Annotated[UserText, BeforeValidator(_text_only)] = Field(
+        description="The message for the running agent (text only)."
+    )
 
 
 class DecisionIn(Strict):
@@ -142,11 +254,23 @@ class UsageOut(BaseModel):
     )
 
 
+class AttachmentOut(BaseModel):
+    """An attachment as the log, the transcript and the run show it: no bytes, where to get them."""
+
+    type: Literal["image", "file"]
+    media_type: str
+    name: str | None = None
+    size: int | None = Field(default=None, description="Its bytes (for one sent as data).")
+    id: str | None = Field(default=None, description="For one sent as data: GET /v1/attachments/{id} serves it.")
+    url: str = Field(description="`/v1/attachments/{id}` (under the server's base), or the url it was sent as.")
+
+
 class RunOut(BaseModel):
     id: str
     thread_id: str
     status: RunStatus
-    input: str
+    input: str = Field(description="The message's text (its text parts, joined by a blank line).")
+    attachments: list[AttachmentOut] = Field(default_factory=list, description="The message's attachments.")
     multitask: str
     model: str | None
     created_at: float
@@ -179,7 +303,7 @@ class RunOut(BaseModel):
             else []
         )
         fields = {k: v for k, v in run.__dict__.items() if k in cls.model_fields and k != "pending_approvals"}
-        return cls(**fields, pending_approvals=pending)
+        return cls(**fields, pending_approvals=pending, attachments=attachments.shown(run.parts))
 
 
 class ThreadOut(BaseModel):

@@ -4,20 +4,22 @@ pydantic-ai's `AGUIEventStream` does the mapping; Tether adds what a durable,
 shared log needs, so that folding the log always renders the stored history
 (invariant 3):
 - the user's message, as TEXT_MESSAGE_START/CONTENT/END with role "user",
-  right after RUN_STARTED (and a steering message where it was applied,
-  after a CUSTOM `tether.steer_applied`);
+  right after RUN_STARTED, then, if it has attachments, a CUSTOM
+  `tether.attachments` with their references (and a steering message where
+  it was applied, after a CUSTOM `tether.steer_applied`);
 - a MESSAGES_SNAPSHOT of the history a retry rewinds to, right after
   RUN_STARTED, and of the stored history just before a run ends in error or
   is cancelled, so clients drop what the history does not keep;
 - CUSTOM events for what AG-UI has no word for: `tether.approval_requested`,
-  `tether.steer_applied`, `tether.run_cancelled` (with the reason).
+  `tether.steer_applied`, `tether.run_cancelled` (with the reason),
+  `tether.attachments`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +34,9 @@ from ag_ui.core import (
 )
 from pydantic_ai.exceptions import RunCancelled
 from pydantic_ai.messages import EnqueuedMessagesEvent, ModelMessage, PartDeltaEvent, TextPartDelta
-from pydantic_ai.ui.ag_ui import AGUIAdapter, AGUIEventStream
+from pydantic_ai.ui.ag_ui import AGUIEventStream
+
+from tether import attachments
 
 APPROVAL_REQUESTED = "tether.approval_requested"
 STEER_APPLIED = "tether.steer_applied"
@@ -47,28 +51,35 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def messages_snapshot(history: list[ModelMessage]) -> MessagesSnapshotEvent:
-    return MessagesSnapshotEvent(messages=AGUIAdapter.dump_messages(history), timestamp=now_ms())
+def messages_snapshot(history: list[ModelMessage], refs: Mapping[str, Mapping[str, Any]]) -> MessagesSnapshotEvent:
+    """The history as clients show it; `refs`: what each of its attachments is (see tether.attachments)."""
+    return MessagesSnapshotEvent(messages=attachments.dump_messages(history, refs), timestamp=now_ms())
 
 
 def custom(name: str, value: dict[str, Any]) -> CustomEvent:
     return CustomEvent(name=name, value=value, timestamp=now_ms())
 
 
-def user_message(text: str) -> list[BaseEvent]:
+def user_message(text: str, shown: list[dict[str, Any]] | None = None) -> list[BaseEvent]:
+    """A user's message; one of attachments only has no content event, and `shown` are its attachments."""
     message_id = str(uuid.uuid4())
     timestamp = now_ms()
     return [
         TextMessageStartEvent(message_id=message_id, role="user", timestamp=timestamp),
-        TextMessageContentEvent(message_id=message_id, delta=text, timestamp=timestamp),
+        *([TextMessageContentEvent(message_id=message_id, delta=text, timestamp=timestamp)] if text else []),
         TextMessageEndEvent(message_id=message_id, timestamp=timestamp),
+        *([custom(attachments.ATTACHMENTS, {"messageId": message_id, "attachments": shown})] if shown else []),
     ]
 
 
 @dataclass
 class TetherEventStream(AGUIEventStream[Any, Any]):
     user_input: str | None = None
-    """The message that starts this run; None when a paused run resumes."""
+    """The message that starts this run (its text); None when a paused run resumes."""
+    user_attachments: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """The references of its attachments (see tether.attachments)."""
+    refs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    """What each attachment of the thread is, for the snapshots."""
     rewound_history: list[ModelMessage] | None = field(default=None, repr=False)
     """For a retry: the history the thread was rewound to."""
     history_after_failure: Callable[[Exception], list[ModelMessage]] | None = field(default=None, repr=False)
@@ -100,9 +111,9 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
         async for event in super().before_stream():
             yield event
         if self.rewound_history is not None:
-            yield messages_snapshot(self.rewound_history)
+            yield messages_snapshot(self.rewound_history, self.refs)
         if self.user_input is not None:
-            for event in user_message(self.user_input):
+            for event in user_message(self.user_input, self.user_attachments):
                 yield event
 
     async def handle_enqueued_messages(self, event: EnqueuedMessagesEvent) -> AsyncIterator[BaseEvent]:
@@ -120,7 +131,7 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
             return
         self.error = error
         if self.history_after_failure is not None:
-            yield messages_snapshot(self.history_after_failure(error))
+            yield messages_snapshot(self.history_after_failure(error), self.refs)
         async for event in super().on_error(error):
             if isinstance(event, RunErrorEvent) and event.code is None:
                 event.code = type(error).__name__  # which kind of failure, for clients that branch on it
@@ -134,7 +145,7 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
 
     async def on_cancelled(self, cancelled: RunCancelled) -> AsyncIterator[BaseEvent]:
         if self.history_after_failure is not None:
-            yield messages_snapshot(self.history_after_failure(cancelled))
+            yield messages_snapshot(self.history_after_failure(cancelled), self.refs)
         reason = self.cancel_reason() if self.cancel_reason is not None else "cancelled"
         yield custom(RUN_CANCELLED, {"reason": reason})
         async for event in super().on_cancelled(cancelled):

@@ -20,13 +20,13 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
 from pydantic_ai.models import infer_model
-from pydantic_ai.ui.ag_ui import AGUIAdapter
 
-from tether import events
+from tether import attachments, events
 from tether.agents import Agents
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
 from tether.config import Settings, new_worker_id
@@ -37,12 +37,13 @@ from tether.engine.journal import Journal
 from tether.engine.runner import dump_history, load_history
 from tether.engine.streams import REPLAY_PAGE, Follower
 from tether.engine.worker import Worker
-from tether.errors import BadRequest, Conflict, Gone, NotFound, TooLarge, TooMany, Unavailable
+from tether.errors import BadRequest, Conflict, Gone, NotFound, TooLarge, TooMany, Unavailable, Unprocessable
 from tether.events import feed_notice
 from tether.metrics import Metrics
 from tether.store import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    Attachment,
     Checkpoint,
     ClientMessage,
     ClientRun,
@@ -236,10 +237,19 @@ class Engine:
         snapshot = await self.store.thread_snapshot(thread.id)
         messages = []
         if snapshot.checkpoint is not None:
-            dumped = AGUIAdapter.dump_messages(load_history(snapshot.checkpoint))
+            history = load_history(snapshot.checkpoint)
+            refs = await attachments.references(self.store, thread.id, history)
+            dumped = attachments.dump_messages(history, refs)
             stored = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in dumped]
             messages = with_log_ids(stored, await self._folds.messages(thread, snapshot.last_seq))
         return messages, snapshot.last_seq, None if snapshot.run_active else snapshot.last_seq
+
+    async def attachment(self, attachment_id: str, user: str) -> Attachment:
+        """An attachment with its bytes, in one of the caller's threads; NotFound otherwise."""
+        found = await self.store.attachment(attachment_id, user)
+        if found is None:
+            raise NotFound(f"attachment {attachment_id!r} not found")
+        return found
 
     async def fork(self, thread_id: str, user: str, before_message_id: str, title: str | None = None) -> Thread:
         """A new thread, the caller's, holding this thread's history as it was just before one of its
@@ -279,9 +289,11 @@ class Engine:
             parent_thread_id=parent.id,
         )
         await self.store.create_thread(thread)
+        held = sorted({item.identifier for item in attachments.referenced(history)})
+        await self.store.copy_attachments(parent.id, thread.id, held)
         await self.journal.open_thread(thread.id)
         self.journal.checkpoint(Checkpoint(thread.id, None, dump_history(history), now, kind="fork"))
-        event = messages_snapshot(history)
+        event = messages_snapshot(history, await attachments.references(self.store, thread.id, history))
         self.journal.event(thread.id, events.NO_RUN, events.type_name(event), events.encode(event))
         notice = feed_notice(
             "thread.created", thread.id, title=thread.title, agent=thread.agent, parentThreadId=parent.id
@@ -293,17 +305,24 @@ class Engine:
     # runs
 
     async def start_run(
-        self, thread_id: str, user: str, user_input: str, multitask: Multitask = "reject", model: str | None = None
+        self,
+        thread_id: str,
+        user: str,
+        user_input: str | Sequence[Mapping[str, Any]],
+        multitask: Multitask = "reject",
+        model: str | None = None,
     ) -> Run:
-        """Queue a run with the user's message; `multitask` says what to do if one is active (invariant 5).
-        A worker with room (this one, if it has) claims it at once."""
+        """Queue a run with the user's message (its text, or its parts: see tether.attachments);
+        `multitask` says what to do if one is active (invariant 5). A worker with room (this one, if it
+        has) claims it at once."""
         self._check_accepting()
-        self._check_input(user_input)
         if model is not None:
             _check_model(model)
         if multitask == "steer":
             run, _ = await self.steer(thread_id, user, user_input)
             return run
+        sent = attachments.user_input(thread_id, user_input, self.settings)
+        self._check_input(sent.text)
         await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
             active_runs = await self.active_runs(thread_id)
@@ -318,7 +337,15 @@ class Engine:
                 for active in active_runs:
                     if active.status != "queued":
                         await self._cancel(active, "interrupted by a new message", discard_partial=True)
-            run = await self._create_run(thread_id, user_input, multitask, model, unless_active=multitask == "reject")
+            run = await self._create_run(
+                thread_id,
+                sent.text,
+                multitask,
+                model,
+                unless_active=multitask == "reject",
+                parts=sent.parts,
+                attached=sent.attachments,
+            )
         self._wake_workers()
         return run
 
@@ -331,6 +358,8 @@ class Engine:
         retry_of: Run | None = None,
         *,
         unless_active: bool = False,
+        parts: list[dict[str, Any]] | None = None,
+        attached: Sequence[Attachment] = (),
     ) -> Run:
         run = Run(
             id=_new_id("run"),
@@ -342,8 +371,9 @@ class Engine:
             created_at=time.time(),
             retry_of=retry_of.id if retry_of else None,
             base_checkpoint_id=retry_of.base_checkpoint_id if retry_of else None,
+            parts=parts,
         )
-        active = await self.store.create_run(run, unless_active=unless_active)
+        active = await self.store.create_run(run, unless_active=unless_active, attachments=attached)
         if active is not None:
             raise Conflict(
                 f"thread {thread_id!r} already has an active run {active.id!r} ({active.status}); "
@@ -371,12 +401,21 @@ class Engine:
         if self.journal.outage is not None:
             raise Unavailable(f"the database cannot take writes right now ({self.journal.outage}); try again later")
 
-    async def steer(self, thread_id: str, user: str, user_input: str) -> tuple[Run, str]:
+    async def steer(self, thread_id: str, user: str, user_input: str | Sequence[Mapping[str, Any]]) -> tuple[Run, str]:
         """Give the active run a message at its next step boundary, or start a run if the thread is idle.
+        A steering message is text only (its parts, if it is given as parts, text parts).
 
         Returns the run that will carry the message and how: "inbox" (the active run's) or "new_run".
         """
         self._check_accepting()
+        if not isinstance(user_input, str):
+            if any(part["type"] != "text" for part in user_input):
+                raise Unprocessable(
+                    "a steering message (multitask 'steer') is text only: send attachments with multitask "
+                    "'enqueue' or 'interrupt', or once the thread is idle",
+                    code="invalid_request",
+                )
+            user_input = attachments.text_of(user_input)
         self._check_input(user_input)
         await self.get_thread(thread_id, user)
         async with self._thread_locks[thread_id]:
@@ -416,7 +455,9 @@ class Engine:
             if not runs:
                 raise Conflict(f"thread {thread_id!r} has no user message to retry", code="nothing_to_retry")
             last = runs[-1]
-            run = await self._create_run(thread_id, last.input, "reject", last.model, retry_of=last, unless_active=True)
+            run = await self._create_run(
+                thread_id, last.input, "reject", last.model, retry_of=last, unless_active=True, parts=last.parts
+            )
             # What the user said while the old answer ran is said again, with the message it steered.
             for item in await self.store.inbox(last.id):
                 if item.applied_at is not None:

@@ -29,6 +29,7 @@ from pydantic_ai.messages import (
     ModelResponse,
     ToolCallPart,
     ToolReturnPart,
+    UserContent,
     UserPromptPart,
     repair_messages,
 )
@@ -37,7 +38,7 @@ from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApp
 from pydantic_ai.usage import UsageLimits
 from pydantic_core import to_json
 
-from tether import events
+from tether import attachments, events
 from tether.agents import Agents, RunInfo, ServedAgent
 from tether.engine.agui import (
     APPROVAL_REQUESTED,
@@ -123,6 +124,10 @@ class RunExecution:
         self._resume: DeferredToolResults | None = None
         self._agent_run: AgentRun[Any, Any] | None = None
         self._base_history: list[ModelMessage] = []
+        self._message: str | list[UserContent] = run.input
+        """The run's message as the model takes it (with its attachments, once they are loaded)."""
+        self._refs: dict[str, dict[str, Any]] = {}
+        """What each attachment of the thread is, for the snapshots (see tether.attachments)."""
         self._final_history: list[ModelMessage] | None = None
         self._pause: tuple[list[PendingCall], dict[str, Decision]] | None = None
         self._cancel_reason: str | None = None
@@ -200,6 +205,7 @@ class RunExecution:
         started = time.monotonic()
         try:
             prompt, snapshot = await self._prepare()
+            prompt = await self._load_attachments(prompt)
             log.info("run %s %s on thread %s", run.id, _VERBS[self._mode], run.thread_id)
             crash_point("run_started")
             for item in await self._store.inbox(run.id):
@@ -208,7 +214,9 @@ class RunExecution:
             stream = TetherEventStream(
                 thread_id=run.thread_id,
                 run_id=run.id,
-                user_input=prompt,
+                user_input=None if prompt is None else run.input,
+                user_attachments=attachments.shown(run.parts),
+                refs=self._refs,
                 rewound_history=self._base_history if snapshot else None,
                 history_after_failure=self._history_after_failure,
                 steer_applied=self._steer_applied,
@@ -299,6 +307,20 @@ class RunExecution:
         journal.run_status(run, "running", started_at=run.started_at, base_checkpoint_id=latest.id if latest else None)
         return run.input, False
 
+    async def _load_attachments(self, prompt: str | None) -> str | list[UserContent] | None:
+        """Give the history's attachments their bytes back (checkpoints keep none), and the run's message
+        its own, from the thread's attachments; the prompt to send, with them."""
+        run = self.run
+        held = attachments.referenced(self._base_history)
+        ids = {item.identifier for item in held} | {p["id"] for p in run.parts or [] if "id" in p}
+        data = await self._store.attachment_data(run.thread_id, sorted(ids)) if ids else {}
+        attachments.hydrate(held, data)
+        if ids:
+            self._refs = {a.id: attachments.ref(a) for a in await self._store.attachments(run.thread_id)}
+        if run.parts is not None:
+            self._message = attachments.prompt(run.parts, data)
+        return None if prompt is None else self._message
+
     def _capabilities(self) -> list[Hooks[Any]]:
         """The hooks that make a run durable: a checkpoint before every model request, and tool marks."""
         hooks: Hooks[Any] = Hooks()
@@ -384,7 +406,7 @@ class RunExecution:
         for index, message in enumerate(history):
             cached = self._dumped.get(id(message))
             if index >= settled or cached is None or cached[0] is not message:
-                cached = (message, ModelMessagesTypeAdapter.dump_json([message])[1:-1])
+                cached = (message, ModelMessagesTypeAdapter.dump_json([attachments.stored(message)])[1:-1])
                 if index < settled:
                     self._dumped[id(message)] = cached
             pieces.append(cached[1])
@@ -404,7 +426,7 @@ class RunExecution:
                 self._journal.inbox_applied(item.id)
                 self._steers_recorded.add(item.id)
 
-    async def _agent_events(self, prompt: str | None) -> AsyncIterator[Any]:
+    async def _agent_events(self, prompt: str | list[UserContent] | None) -> AsyncIterator[Any]:
         """pydantic-ai's event stream for this run, ending with its AgentRunResultEvent.
 
         Calls of tools the user chose to always allow in this thread are approved on the spot:
@@ -533,7 +555,7 @@ class RunExecution:
             if self._agent_run is not None:
                 history = list(self._agent_run.all_messages())
             else:
-                history = [*self._base_history, ModelRequest(parts=[UserPromptPart(self.run.input)])]
+                history = [*self._base_history, ModelRequest(parts=[UserPromptPart(self._message)])]
             while history and _has_tool_calls(history[-1]):
                 history.pop()
         self._final_history = history
@@ -614,6 +636,7 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
     ]
     if returns:
         history = [*history, ModelRequest(parts=returns)]
+    refs = await attachments.references(store, run.thread_id, history)
     await journal.open_thread(run.thread_id)
     follows = latest.messages if latest is not None else []
     journal.checkpoint(
@@ -621,7 +644,7 @@ async def cancel_paused_run(run: Run, journal: Journal, store: Store, reason: st
     )
     for event in (
         RunStartedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
-        messages_snapshot(history),
+        messages_snapshot(history, refs),
         custom(RUN_CANCELLED, {"reason": reason}),
         usage_event(run, run.usage),
         RunFinishedEvent(thread_id=run.thread_id, run_id=run.id, timestamp=now_ms()),
@@ -679,5 +702,5 @@ def load_history(checkpoint: Checkpoint | None) -> list[ModelMessage]:
 
 
 def dump_history(history: list[ModelMessage]) -> list[bytes]:
-    """One JSON text per message, as checkpoints store them."""
-    return [ModelMessagesTypeAdapter.dump_json([message])[1:-1] for message in history]
+    """One JSON text per message, as checkpoints store them (attachments without their bytes)."""
+    return [ModelMessagesTypeAdapter.dump_json([attachments.stored(message)])[1:-1] for message in history]
