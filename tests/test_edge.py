@@ -71,7 +71,7 @@ async def test_a_forged_host_is_not_served_on_any_route(start_server):
     every = [*operations(server.app.openapi(), {"GET", "POST", "PATCH", "DELETE"}), ("GET", "/healthz"), ("GET", "/")]
     async with httpx.AsyncClient(base_url=server.url) as http:
         for method, template in every:
-            path = template.format(thread_id="thr_x", run_id="run_x", chat_id="thr_x")
+            path = template.format(thread_id="thr_x", run_id="run_x", chat_id="thr_x", attachment_id="att_x")
             for host in ("rebind.evil.example", f"rebind.evil.example:{server.settings.port}", "localhost.evil"):
                 response = await http.request(method, path, json=BODIES.get(template), headers={"Host": host})
                 assert_error(response, 421, "misdirected_request")
