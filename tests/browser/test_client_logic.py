@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_ai import Tool
 
-from tether.client import TetherClient
+from tether.client import TetherClient, attachment
 from tether.transcript import comparable, fold
 
 from ..conftest import thread_events, wait_for_status
@@ -29,7 +29,8 @@ FOLD_IN_JS = """async (events) => {
 
 
 async def build_threads(client: TetherClient, url: str) -> list[str]:
-    """Threads that exercise every kind of event: text, tools, approvals, steer, retry, cancel, failure."""
+    """Threads that exercise every kind of event: text, tools, approvals, steer, retry, cancel, failure,
+    attachments."""
     ids = []
 
     async def thread(*inputs: str) -> str:
@@ -51,6 +52,23 @@ async def build_threads(client: TetherClient, url: str) -> list[str]:
     await client.retry(retried)
     await settled_runs(url, retried, 2)
     await thread("/fail")
+
+    # Attachments: an image and a file with text, one alone, one as a url; a retry's snapshot holds them.
+    attached = await client.create_thread()
+    for message in (
+        [
+            {"type": "text", "text": "see these"},
+            attachment(b"\x89PNG", "image/png", name="a.png"),
+            attachment(b"x", "text/csv"),
+        ],
+        [attachment(b"\x89PNG", "image/png")],
+        [{"type": "image", "media_type": "image/webp", "url": "https://example.com/a.webp"}],
+    ):
+        run = await client.send(attached["id"], message, multitask="enqueue")
+        await wait_for_status(client, run["run_id"], {"completed"})
+    await client.retry(attached["id"])
+    await settled_runs(url, attached["id"], 4)
+    ids.append(attached["id"])
 
     cancelled = await client.create_thread()
     run = await client.send(cancelled["id"], "/stream 5000 ms=2")

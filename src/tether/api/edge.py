@@ -26,7 +26,9 @@ UI_POLICY = "; ".join(
         "default-src 'self'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' data: https:",  # answers may show pictures from the web, never scripts
+        # Answers may show pictures from the web, never scripts; attachments are shown from blob: URLs
+        # (fetched with the signed-in user's token, which an <img src> could not send).
+        "img-src 'self' data: blob: https:",
         "connect-src 'self'",
         "object-src 'none'",
         "base-uri 'none'",

@@ -43,8 +43,13 @@ export class Api {
     if (generation !== this.generation) throw new ApiError(401, "signed_out", "Signed out.");
   }
 
-  /** One request; a 401 asks for the token and tries again. */
+  /** One request; a 401 asks for the token and tries again. Its answer, as JSON. */
   async request(method, path, body = undefined) {
+    const response = await this.#fetch(method, path, body);
+    return response.status === 204 ? null : response.json();
+  }
+
+  async #fetch(method, path, body) {
     const generation = this.generation;
     for (;;) {
       let response;
@@ -66,7 +71,7 @@ export class Api {
         continue;
       }
       if (!response.ok) throw await errorOf(response);
-      return response.status === 204 ? null : response.json();
+      return response;
     }
   }
 
@@ -111,8 +116,13 @@ export class Api {
   remove(id) {
     return this.request("DELETE", `v1/threads/${id}`);
   }
+  /** @param {string|object[]} input the message's text, or its parts (text and attachments) */
   send(threadId, input) {
     return this.request("POST", `v1/threads/${threadId}/runs`, { input, multitask: "enqueue" });
+  }
+  /** An attachment's bytes, as a Blob. */
+  async attachment(id) {
+    return (await this.#fetch("GET", `v1/attachments/${id}`)).blob();
   }
   steer(threadId, input) {
     return this.request("POST", `v1/threads/${threadId}/steer`, { input });

@@ -3,6 +3,7 @@
 // drawing in view.js, the sign-in dialog in signin.js.
 
 import { Api } from "./api.js";
+import { drawPending, partOf, Pending } from "./attachments.js";
 import { ApiError } from "./errors.js";
 import { download, fileName, threadJson, threadMarkdown } from "./export.js";
 import { Pages } from "./pages.js";
@@ -33,6 +34,26 @@ let searchTimer = null;
 const PAGE = 50; // threads per page of the list
 
 const api = new Api(onUnauthorized);
+/** The files the next message will carry (attached by the button, pasted or dropped on the composer). */
+const pending = new Pending(() => drawPending($("pending-attachments"), pending));
+/** Attachments fetched so far: id -> Promise<{blob, url}> (a blob: URL to show or save them). */
+let attachmentBlobs = new Map();
+
+/** A stored attachment's bytes, fetched once per page with the user's token. */
+function loadAttachment(attachment) {
+  if (!attachmentBlobs.has(attachment.id)) {
+    const loaded = api.attachment(attachment.id).then((blob) => ({ blob, url: URL.createObjectURL(blob) }));
+    loaded.catch(() => attachmentBlobs.delete(attachment.id)); // tried again at the next draw
+    attachmentBlobs.set(attachment.id, loaded);
+  }
+  return attachmentBlobs.get(attachment.id);
+}
+
+/** Forget the attachments fetched (at sign-out: the next user must not see them). */
+function forgetAttachments() {
+  for (const loaded of attachmentBlobs.values()) loaded.then(({ url }) => URL.revokeObjectURL(url), () => {});
+  attachmentBlobs = new Map();
+}
 
 function info(threadId) {
   if (!threads.has(threadId)) {
@@ -498,7 +519,7 @@ function draw() {
     const blocks = chatBlocks(messages, { timings: session.timings, pending: thread.pending, active, usage: session.usage });
     drawThreadUsage($("thread-usage"), session.totalUsage());
     const editable = !active && !current.loading && !current.placeholder;
-    drawMessages($("messages"), blocks, thread.status === "running", { editable, onEdit: editMessage });
+    drawMessages($("messages"), blocks, thread.status === "running", { editable, onEdit: editMessage, loadAttachment });
     drawApprovals($("approvals"), thread.pending, decide, (tool) => toolSchema(thread, tool));
     if (focusApprovalsOnDraw) {
       focusApprovalsOnDraw = false;
@@ -582,22 +603,26 @@ let sending = false; // a message is on its way: a second Enter meanwhile must n
 
 /**
  * The composer's message: it steers the open thread's run under way or starts one; on the first
- * screen it creates a thread, titled by it, opens it and sends it there.
+ * screen it creates a thread, titled by it, opens it and sends it there. A message with attachments
+ * is never a steer (steering is text only): it waits for the run under way, as a queued run.
  */
 async function send() {
   const input = $("input");
   const text = input.value.trim();
-  if (!text || sending) return;
+  if ((!text && !pending.files.length) || sending) return;
   sending = true;
+  const title = titleFrom(text || pending.files.map((f) => f.file.name).join(", "));
   try {
     await act(async () => {
-      const threadId = current?.id ?? (await createAndOpen(titleFrom(text)));
+      const threadId = current?.id ?? (await createAndOpen(title));
       const thread = info(threadId);
-      if (ACTIVE.has(thread.status)) await api.steer(threadId, text);
+      if (pending.files.length) await api.send(threadId, await pending.parts(text));
+      else if (ACTIVE.has(thread.status)) await api.steer(threadId, text);
       else await api.send(threadId, text);
       input.value = "";
+      pending.clear();
       resizeInput();
-      if (!thread.title) await api.rename(threadId, titleFrom(text));
+      if (!thread.title) await api.rename(threadId, title);
     });
   } finally {
     sending = false;
@@ -627,18 +652,29 @@ function titleFrom(text) {
  */
 async function editMessage(messageId, text, onError) {
   const parentId = current.id;
+  const attached = current.session.transcript.byId.get(messageId)?.attachments || [];
   try {
     const branch = await api.fork(parentId, messageId);
     info(branch.id).title = branch.title;
     info(branch.id).agent = branch.agent ?? null;
     info(branch.id).parent = parentId;
     toTop(branch.id);
-    await api.send(branch.id, text);
+    await api.send(branch.id, attached.length ? await editedParts(text, attached) : text);
     location.hash = `#/t/${branch.id}`;
     focusInputOnDraw = true;
   } catch (error) {
     onError(error.message);
   }
+}
+
+/** An edited message's parts: its new text, and the attachments it had, sent again. */
+async function editedParts(text, attached) {
+  const again = await Promise.all(
+    attached.map(async (a) =>
+      a.id ? partOf((await loadAttachment(a)).blob, a.media_type, a.name) : { type: a.type, media_type: a.media_type, url: a.url },
+    ),
+  );
+  return [...(text ? [{ type: "text", text }] : []), ...again];
 }
 
 /** Save the open thread's stored history as a file: Markdown or JSON. */
@@ -748,6 +784,8 @@ function start() {
  */
 function signOut(refused = null) {
   api.signOut();
+  pending.clear();
+  forgetAttachments();
   feed?.abort();
   current?.abort.abort();
   current = null;
@@ -803,6 +841,40 @@ async function loadAgents(generation) {
   redraw();
 }
 
+/** Files join the next message from the attach button, pasted into the message box, or dropped on the composer. */
+function wireAttaching() {
+  const picker = $("attach-input");
+  $("attach").addEventListener("click", () => picker.click());
+  picker.addEventListener("change", () => {
+    pending.add(picker.files);
+    picker.value = ""; // the same file may be picked again
+    $("input").focus();
+  });
+  $("input").addEventListener("paste", (event) => {
+    const files = event.clipboardData?.files;
+    if (!files?.length) return;
+    pending.add(files);
+    if (!event.clipboardData.types.includes("text/plain")) event.preventDefault();
+  });
+  const composer = $("composer");
+  const carriesFiles = (event) => event.dataTransfer?.types.includes("Files");
+  composer.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    composer.classList.add("dropping");
+  });
+  composer.addEventListener("dragleave", (event) => {
+    if (!composer.contains(event.relatedTarget)) composer.classList.remove("dropping");
+  });
+  composer.addEventListener("drop", (event) => {
+    composer.classList.remove("dropping");
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    pending.add(event.dataTransfer.files);
+    $("input").focus();
+  });
+}
+
 function route() {
   const match = location.hash.match(/^#\/t\/([\w-]+)$/);
   openThread(match ? match[1] : null);
@@ -818,6 +890,7 @@ function wire() {
   $("retry").addEventListener("click", retry);
   $("run-error").querySelector(".retry-button").addEventListener("click", retry);
   $("input").addEventListener("input", resizeInput);
+  wireAttaching();
   $("input").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();

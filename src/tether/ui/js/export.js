@@ -11,7 +11,7 @@ export function threadMarkdown(thread) {
   const results = new Map(thread.messages.filter((m) => m.role === "tool").map((m) => [m.toolCallId, m.content]));
   const lines = [`# ${thread.title || "Untitled"}`, "", `Thread \`${thread.id}\`${thread.agent ? `, agent ${thread.agent}` : ""}.`];
   for (const message of thread.messages) {
-    if (message.role === "user") lines.push("", "## User", "", fence(textOf(message.content)));
+    if (message.role === "user") lines.push("", "## User", "", fence(textOf(message.content)), ...attachedLines(message));
     if (message.role !== "assistant") continue;
     lines.push("", "## Assistant");
     if (message.content) lines.push("", textOf(message.content));
@@ -21,6 +21,11 @@ export function threadMarkdown(thread) {
     }
   }
   return `${lines.join("\n")}\n`;
+}
+
+/** A user message's attachments, one line each: its name (or url), type and size. */
+function attachedLines(message) {
+  return (message.attachments || []).map((a) => `\n${fence(`Attached: ${a.name || a.url} (${[a.media_type, a.size && `${a.size} bytes`].filter(Boolean).join(", ")})`)}`);
 }
 
 /** A fenced code block whose fence is longer than any run of backticks inside it. */

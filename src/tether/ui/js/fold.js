@@ -1,7 +1,8 @@
 // Folding a thread's AG-UI events into its transcript.
 //
 // This mirrors src/tether/transcript.py (the reference fold): text and tool-call events append to
-// messages, and a MESSAGES_SNAPSHOT replaces everything folded so far. Folding a thread's log from
+// messages, a CUSTOM tether.attachments gives a user message its `attachments`, and a
+// MESSAGES_SNAPSHOT replaces everything folded so far. Folding a thread's log from
 // its first event renders the same messages as the server's stored history (DESIGN.md invariant 3),
 // and the browser tests check this module against the server on real threads.
 
@@ -44,6 +45,11 @@ export class Transcript {
         const message = { id: event.messageId, role: "tool", content: event.content, toolCallId: event.toolCallId };
         this.messages.push(message);
         this.byId.set(message.id, message);
+        break;
+      }
+      case "CUSTOM": {
+        const message = event.name === "tether.attachments" ? this.byId.get(event.value.messageId) : null;
+        if (message) message.attachments = event.value.attachments;
         break;
       }
       case "MESSAGES_SNAPSHOT":

@@ -132,7 +132,9 @@ export function chatBlocks(messages, { timings = {}, pending = [], active = fals
   const waiting = new Set(pending.filter((p) => !p.decision).map((p) => p.toolCallId));
   const blocks = [];
   for (const message of messages) {
-    if (message.role === "user") blocks.push({ kind: "user", id: message.id, text: textOf(message.content) });
+    if (message.role === "user") {
+      blocks.push({ kind: "user", id: message.id, text: textOf(message.content), attachments: message.attachments || [] });
+    }
     if (message.role !== "assistant") continue;
     const calls = (message.toolCalls || []).map((call) => {
       const result = results.get(call.id);

@@ -4,6 +4,7 @@
 // message that streams in word by word does not redraw the chat, and an open tool card or a
 // half-typed denial reason survives the next event.
 
+import { drawAttachments } from "./attachments.js";
 import { copyButton } from "./copy.js";
 import { changes, check } from "./schema.js";
 import { StreamedMarkdown } from "./streamed.js";
@@ -83,7 +84,7 @@ export function statusLabel(status) {
  * @param {object[]} blocks from chatBlocks()
  * @param {boolean} streaming whether the last assistant message is still being written
  */
-export function drawMessages(list, blocks, streaming, { editable = false, onEdit = () => {} } = {}) {
+export function drawMessages(list, blocks, streaming, { editable = false, onEdit = () => {}, loadAttachment = null } = {}) {
   const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
   const old = new Map([...list.children].map((li) => [li.dataset.key, li]));
   const lastAssistant = blocks.findLastIndex((b) => b.kind === "assistant");
@@ -99,7 +100,7 @@ export function drawMessages(list, blocks, streaming, { editable = false, onEdit
       li.className = `message ${block.kind}`;
     }
     li.classList.toggle("streaming", streaming && index === lastAssistant && index === blocks.length - 1);
-    if (block.kind === "user") drawUser(li, block, editable, onEdit);
+    if (block.kind === "user") drawUser(li, block, editable, onEdit, loadAttachment);
     else drawAssistant(li, block);
     const expected = previous ? previous.nextSibling : list.firstChild;
     if (expected !== li) list.insertBefore(li, expected);
@@ -110,15 +111,22 @@ export function drawMessages(list, blocks, streaming, { editable = false, onEdit
 }
 
 /**
- * A user's message, with an Edit button while the thread is idle: editing it opens the message in a
- * box; saving it gives `onEdit(messageId, text)` the new text (which branches the thread from there).
+ * A user's message and its attachments, with an Edit button while the thread is idle: editing it
+ * opens the message in a box; saving it gives `onEdit(messageId, text)` the new text (which branches
+ * the thread from there).
  */
-function drawUser(li, block, editable, onEdit) {
-  if (li.dataset.text !== block.text) {
-    li.dataset.text = block.text;
+function drawUser(li, block, editable, onEdit, loadAttachment) {
+  const signature = JSON.stringify([block.text, block.attachments.map((a) => a.id ?? a.url)]);
+  if (li.dataset.signature !== signature) {
+    li.dataset.signature = signature;
     const bubble = document.createElement("div");
     bubble.className = "bubble";
     bubble.textContent = block.text; // a user's words are shown as typed, never as HTML
+    bubble.hidden = !block.text;
+    const attached = document.createElement("ul");
+    attached.className = "attachments";
+    attached.setAttribute("aria-label", "Attachments");
+    drawAttachments(attached, block.attachments, loadAttachment);
     const edit = document.createElement("button");
     edit.type = "button";
     edit.className = "quiet edit";
@@ -126,7 +134,7 @@ function drawUser(li, block, editable, onEdit) {
     edit.textContent = "Edit";
     edit.setAttribute("aria-label", "Edit this message (the edited message is answered in a new branch)");
     edit.addEventListener("click", () => openEditor(li, block, onEdit));
-    li.replaceChildren(bubble, edit);
+    li.replaceChildren(bubble, attached, edit);
   }
   const editing = Boolean(li.querySelector(".editor"));
   li.querySelector(".edit").hidden = !editable || editing;
@@ -148,7 +156,7 @@ function openEditor(li, block, onEdit) {
   editor.addEventListener("submit", (event) => {
     event.preventDefault();
     const edited = text.value.trim();
-    if (!edited) return;
+    if (!edited && !block.attachments.length) return; // its attachments go with it to the branch
     for (const button of editor.querySelectorAll("button")) button.disabled = true;
     onEdit(block.id, edited, (message) => {
       editor.querySelector(".error").textContent = message;
@@ -173,7 +181,8 @@ function openEditor(li, block, onEdit) {
 
 function closeEditor(li, refocus) {
   li.querySelector(".editor")?.remove();
-  li.querySelector(".bubble").hidden = false;
+  const bubble = li.querySelector(".bubble");
+  bubble.hidden = !bubble.textContent;
   const edit = li.querySelector(".edit");
   if (refocus) {
     edit.hidden = false;
