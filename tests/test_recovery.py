@@ -20,7 +20,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tether.client import TetherClient
+from tether.client import TetherClient, attachment
 from tether.transcript import comparable, fold
 
 from .conftest import TetherProcess, tool_log, wait_for_status, with_store
@@ -122,7 +122,7 @@ def wait_dead(proc: TetherProcess, timeout: float = 60) -> int:
 
 
 async def crash_and_recover(
-    tether_process, directive: str, crash_at: str, *, before_crash=None, after_restart=None
+    tether_process, directive: str | list[dict], crash_at: str, *, before_crash=None, after_restart=None
 ) -> tuple[TetherProcess, str, str, Reader]:
     crashing = tether_process(env={"TETHER_CRASH_AT": crash_at}).start()
     async with TetherClient(crashing.url) as client:
@@ -183,6 +183,20 @@ async def test_run_completes_after_a_crash(tether_process, directive, crash_at):
     resumed_at = events.index(snapshots[-1]) if snapshots else 0
     reply = "".join(e["delta"] for e in events[resumed_at:] if e["type"] == "TEXT_MESSAGE_CONTENT")
     assert reply.endswith("Finished 6 steps.") or reply.endswith("Ran 4 sleep calls in parallel.")
+
+
+@pytest.mark.parametrize("crash_at", ["run_started", "text_delta@3"])
+async def test_a_message_with_attachments_is_answered_after_a_crash(tether_process, crash_at):
+    """Before its first model request (the run starts again from its message) or in its answer (it resumes
+    from a checkpoint that holds its attachment without the bytes): the model gets the bytes either way."""
+    picture = bytes(range(256)) * 20
+    message = [{"type": "text", "text": "look"}, attachment(picture, "image/png", name="p.png")]
+    restarted, thread_id, _, _ = await crash_and_recover(tether_process, message, crash_at)
+    async with TetherClient(restarted.url) as client:
+        stored = await client.get_thread(thread_id)
+        [shown] = stored["messages"][0]["attachments"]
+        assert await client.get_attachment(shown["id"]) == picture
+    assert stored["messages"][-1]["content"] == f'You said: "look" and attached image/png, {len(picture)} bytes.'
 
 
 async def test_kill_while_awaiting_approval(tether_process):
