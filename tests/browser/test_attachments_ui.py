@@ -17,6 +17,7 @@ from playwright.async_api import Page, expect
 
 from tether.client import TetherClient
 
+from .test_export_ui import export
 from .test_users_ui import TOKENS, sign_in, users_file
 from .ui import ChatPage, eventually, new_chat, settled_runs
 
@@ -115,6 +116,8 @@ async def test_an_image_and_a_file_dropped_on_the_composer(server, context):
     assert await pending_names(chat.page) == ["dot.png", "notes.md"]
     await chat.send("what are these?")
     await assert_sent_and_kept(chat, server.url, ANSWER.format("what are these?"))
+    _, markdown = await export(chat.page, "Markdown")
+    assert f"> what are these?\n\n> Attached: dot.png (image/png, {len(PNG)} bytes)\n\n> Attached: notes.md" in markdown
 
 
 async def test_an_image_and_a_file_pasted_into_the_message_box_one_removed_before_sending(server, context):
