@@ -92,6 +92,8 @@ async def test_an_image_and_a_file_are_answered_stored_once_and_served(server):
         [shown] = [e for e in events if e["type"] == "CUSTOM" and e["name"] == "tether.attachments"]
         assert shown["value"] == {"messageId": user["id"], "attachments": [photo, notes]}
         assert comparable(fold(events)) == comparable(stored["messages"])
+        as_ag_ui = (await http.get(f"/v1/ag-ui/{thread['id']}")).json()["messages"][0]
+        assert (as_ag_ui["content"], as_ag_ui["attachments"]) == ("what are these?", [photo, notes])
         [run] = await client.list_runs(thread["id"])
         assert run["input"] == "what are these?"
         assert [a["id"] for a in run["attachments"]] == [photo["id"], notes["id"]]
