@@ -119,12 +119,12 @@ def user_input(thread_id: str, sent: str | Sequence[Mapping[str, Any]], settings
             code="too_many_attachments",
         )
     parts: list[dict[str, Any]] = []
-    stored: list[Attachment] = []
+    new: list[Attachment] = []
     for index, part in enumerate(sent):
         if part["type"] == "text":
             parts.append({"type": "text", "text": part["text"]})
             continue
-        where = f"input.{index}"
+        where = f"input.parts.{index}"
         media_type = part["media_type"]
         if media_type not in settings.attachment_types:
             raise UnsupportedMediaType(
@@ -158,9 +158,9 @@ def user_input(thread_id: str, sent: str | Sequence[Mapping[str, Any]], settings
             created_at=time.time(),
             data=data,
         )
-        stored.append(attachment)
+        new.append(attachment)
         parts.append(ref(attachment))
-    return UserInput(text_of(parts), parts, stored) if media else UserInput(text_of(parts))
+    return UserInput(text_of(parts), parts, new) if media else UserInput(text_of(parts))
 
 
 def text_of(parts: Sequence[Mapping[str, Any]]) -> str:
@@ -296,5 +296,5 @@ def _with_references(message: UserMessage, refs: Mapping[str, Mapping[str, Any]]
         elif isinstance(source, DataSource):
             # Bytes an agent of its own put into a prompt: what they are, not the bytes themselves.
             attachments.append({**media, "size": len(base64.b64decode(source.value))})
-    dumped = message.model_dump(by_alias=True, exclude_none=True)
-    return UserMessage.model_validate({**dumped, "content": TEXT_JOINER.join(texts), "attachments": attachments})
+    dumped = {**message.model_dump(by_alias=True, exclude_none=True), "content": TEXT_JOINER.join(texts)}
+    return UserMessage.model_validate({**dumped, "attachments": attachments} if attachments else dumped)
