@@ -17,6 +17,7 @@ from playwright.async_api import Page, expect
 
 from tether.client import TetherClient
 
+from .test_a11y_ui import assert_accessible
 from .test_export_ui import export
 from .test_users_ui import TOKENS, sign_in, users_file
 from .ui import ChatPage, eventually, new_chat, settled_runs
@@ -127,6 +128,7 @@ async def test_an_image_and_a_file_pasted_into_the_message_box_one_removed_befor
     assert await pending_names(chat.page) == ["dot.png", "notes.md", "extra.txt"]
     await chat.page.get_by_role("button", name="Remove extra.txt").click()
     assert await pending_names(chat.page) == ["dot.png", "notes.md"]
+    await expect(chat.page.get_by_role("button", name="Remove notes.md")).to_be_focused()
     await chat.send("pasted")
     await assert_sent_and_kept(chat, server.url, ANSWER.format("pasted"))
 
@@ -181,6 +183,7 @@ async def test_a_message_too_large_says_why_and_keeps_its_attachments(start_serv
     assert await pending_names(chat.page) == ["dot.png", "notes.md"]
     await chat.page.get_by_role("button", name="Remove dot.png").click()
     await chat.page.get_by_role("button", name="Remove notes.md").click()
+    await expect(chat.page.locator("#input")).to_be_focused()
     await chat.send("/stream 2")
     await chat.wait_until_idle()
     await chat.assert_last_answer("w1 w2")
@@ -206,3 +209,14 @@ async def test_an_edited_message_takes_its_attachments_to_the_branch(server, con
         # The branch's own copies: the same bytes, sent again under new ids.
         assert [await client.get_attachment(a["id"]) for a in branch["attachments"]] == [PNG, NOTES]
     assert original["content"] == "first words" and branch["content"] == "second words"
+
+
+async def test_attachments_waiting_and_sent_have_no_serious_axe_violation(server, context):
+    chat = await new_chat(context, server.url)
+    await chat.page.evaluate(DROP, FILES)
+    await chat.page.fill("#input", "checked")
+    await assert_accessible(chat.page, "attachments waiting in the composer")
+    await chat.page.press("#input", "Enter")
+    await chat.wait_until_idle()
+    await eventually(lambda: shown(chat.page), [EXPECTED])
+    await assert_accessible(chat.page, "a message with an image and a file")

@@ -111,7 +111,13 @@ export function drawPending(list, pending) {
       remove.className = "quiet remove";
       remove.textContent = "×";
       remove.setAttribute("aria-label", `Remove ${entry.file.name}`);
-      remove.addEventListener("click", () => pending.remove(entry));
+      remove.addEventListener("click", () => {
+        // The focus goes on to the next chip's button (or the message box), not to nowhere.
+        const index = pending.files.indexOf(entry);
+        pending.remove(entry);
+        const buttons = list.querySelectorAll(".remove");
+        (buttons[Math.min(index, buttons.length - 1)] ?? list.parentElement.querySelector("textarea")).focus();
+      });
       item.append(remove);
       return item;
     }),
