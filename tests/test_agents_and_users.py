@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 
 import tether
 from tether.api.auth import AuthConfigError, read_users
-from tether.client import TetherClient
+from tether.client import TetherClient, attachment
 
 from .conftest import ServerThread, host_of, wait_for_status
 from .test_bad_input import assert_error
@@ -228,6 +228,7 @@ ROUTES: dict[tuple[str, str], Any] = {
     },
     ("GET", "/v1/ai-sdk/chat/{chat_id}"): None,
     ("GET", "/v1/ai-sdk/chat/{chat_id}/stream"): None,
+    ("GET", "/v1/attachments/{attachment_id}"): None,
 }
 UNSCOPED = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/me"), ("GET", "/v1/agents")}
 """Routes about the server or the caller, not about anyone's threads."""
@@ -235,9 +236,9 @@ NAMED_IN_BODY = {("POST", "/v1/ag-ui"), ("POST", "/v1/ai-sdk/chat")}
 """Routes whose body names the thread ("THREAD" in ROUTES)."""
 
 
-def fill(template: str, body: Any, thread_id: str, run_id: str) -> tuple[str, Any]:
-    """A route's path and body for one thread and run."""
-    path = template.format(thread_id=thread_id, run_id=run_id, chat_id=thread_id)
+def fill(template: str, body: Any, thread_id: str, run_id: str, attachment_id: str = "att_x") -> tuple[str, Any]:
+    """A route's path and body for one thread and run (and an attachment of the thread's)."""
+    path = template.format(thread_id=thread_id, run_id=run_id, chat_id=thread_id, attachment_id=attachment_id)
     if body is not None:
         body = json.loads(json.dumps(body).replace('"THREAD"', json.dumps(thread_id)))
     return path, body
@@ -262,12 +263,19 @@ async def test_another_users_threads_and_runs_are_404_on_every_route(start_serve
         thread = await alice.create_thread("alice's secret plans")
         run = await alice.send(thread["id"], "delete two files")
         await wait_for_status(alice, run["run_id"], {"awaiting_approval"})
+        with_file = await alice.create_thread("alice's file")
+        kept = await alice.send(
+            with_file["id"], [{"type": "text", "text": "keep it"}, attachment(b"secret", "text/plain")]
+        )
+        await wait_for_status(alice, kept["run_id"], {"awaiting_approval"})
+        [user_message, *_] = (await alice.get_thread(with_file["id"]))["messages"]
+        [file] = user_message["attachments"]
         alice_ids = {thread["id"], run["run_id"]}
 
         for (method, template), body in ROUTES.items():
             if (method, template) in UNSCOPED or ("{" not in template and (method, template) not in NAMED_IN_BODY):
                 continue
-            path, body = fill(template, body, thread["id"], run["run_id"])
+            path, body = fill(template, body, thread["id"], run["run_id"], file["id"])
             response = await request(http, method, path, body, BOB)
             assert_error(response, 404, "not_found")
             assert "alice" not in response.text
@@ -290,7 +298,8 @@ async def test_another_users_threads_and_runs_are_404_on_every_route(start_serve
         assert not alice_ids & set(_ids(feed_text)) and "alice" not in feed_text
         assert mine["id"] in feed_text
 
-        # And Alice's own requests all still work: her run resumes when she decides.
+        # And Alice's own requests all still work: her file is hers, her run resumes when she decides.
+        assert await alice.get_attachment(file["id"]) == b"secret"
         decided = await alice.decide(run["run_id"], {"call_a": {"approved": True}, "call_b": {"approved": False}})
         assert decided["id"] == run["run_id"]
         assert (await wait_for_status(alice, run["run_id"], {"completed"}))["status"] == "completed"

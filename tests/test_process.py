@@ -459,6 +459,8 @@ def _sample(action: argparse.Action) -> tuple[str, Any]:
         return "a=m:x, b=m:y", ["a=m:x", "b=m:y"]
     if action.dest in ("allowed_hosts", "cors_origins"):  # lists: comma-separated
         return "a.example, b.example", ["a.example", "b.example"]
+    if action.dest == "attachment_types":
+        return "image/png, text/plain", ["image/png", "text/plain"]
     return "from-env", "from-env"
 
 
@@ -515,7 +517,8 @@ async def test_a_server_configured_only_by_environment_variables(tether_process,
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         assert (await http.get("/v1/threads")).status_code == 401
         tid = (await http.post("/v1/threads", headers=headers)).json()["id"]
-        big = await http.post(f"/v1/threads/{tid}/runs", json={"input": "x" * 3000}, headers=headers)
+        # (Not a run's message: its body may be larger, by what its attachments may hold.)
+        big = await http.patch(f"/v1/threads/{tid}", json={"metadata": {"x": "x" * 3000}}, headers=headers)
         assert big.status_code == 413 and "2000" in big.json()["error"]["message"]
         http.headers.update(headers)
         rid = (await http.post(f"/v1/threads/{tid}/runs", json={"input": "/stream 2"})).json()["run_id"]
