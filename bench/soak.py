@@ -28,6 +28,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -107,7 +108,12 @@ async def wait_done(http: httpx.AsyncClient, run_id: str, within: float = 300) -
         if status in ("completed", "failed", "cancelled"):
             return status
         await asyncio.sleep(0.2)
-    raise AssertionError(f"run {run_id} did not end")
+    run = (await http.get(f"/v1/runs/{run_id}")).json()
+    others = (await http.get(f"/v1/threads/{run['thread_id']}/runs")).json()["runs"]
+    raise AssertionError(
+        f"run {run_id} did not end within {within:.0f} s: {run}\nthe thread's runs: "
+        + ", ".join(f"{r['id']} {r['status']}" for r in others)
+    )
 
 
 async def watch(http: httpx.AsyncClient, path: str, seqs: list[int]) -> None:
@@ -238,8 +244,14 @@ async def part_d(tmp: Path, count: int) -> None:
         server.stop()
 
 
+def keep_log(server: Server, kept: Path) -> str:
+    """Keep the server's log out of the temporary directory; where it is, and its end."""
+    shutil.copy(server.log, kept)
+    return f"the server's log is kept in {kept}; its end:\n" + "\n".join(kept.read_text().splitlines()[-40:])
+
+
 async def part_e(tmp: Path, seconds: float) -> None:
-    server = Server(tmp / "e")
+    server = Server(tmp / "e", "--log-level", "info")  # what each run did, should one not end
     samples: list[tuple[float, float, int]] = []
     ended = {"completed": 0, "failed": 0, "cancelled": 0}
     stop = time.monotonic() + seconds
@@ -289,7 +301,11 @@ async def part_e(tmp: Path, seconds: float) -> None:
             await asyncio.sleep(10)
 
     try:
-        await asyncio.gather(sample(), *(client(i) for i in range(20)))
+        try:
+            await asyncio.gather(sample(), *(client(i) for i in range(20)))
+        except AssertionError:
+            print(keep_log(server, Path("/tmp/tether-soak-server.log")))
+            raise
         half = [s for s in samples if s[0] >= seconds / 2]
         if len(half) >= 2:
             minutes = (half[-1][0] - half[0][0]) / 60

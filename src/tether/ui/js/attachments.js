@@ -6,6 +6,8 @@
 // Their bytes come from v1/attachments/{id} with the signed-in user's token, which an <img src>
 // could not send, so they are fetched and shown from blob: URLs, each fetched once per page.
 
+import { save } from "./export.js";
+
 const BY_EXTENSION = {
   png: "image/png",
   jpg: "image/jpeg",
@@ -180,13 +182,7 @@ function saveButton(attachment, name, load) {
   button.setAttribute("aria-label", `Download ${name}`);
   button.addEventListener("click", async () => {
     const { url } = await load(attachment);
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = name;
-    link.hidden = true;
-    document.body.append(link);
-    link.click();
-    link.remove();
+    save(url, name);
   });
   return button;
 }

@@ -52,6 +52,12 @@ function textOf(content) {
 /** Have the browser save `text` as a file named `name`. */
 export function download(name, type, text) {
   const url = URL.createObjectURL(new Blob([text], { type }));
+  save(url, name);
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+/** Have the browser save what `url` holds as a file named `name`. */
+export function save(url, name) {
   const link = document.createElement("a");
   link.href = url;
   link.download = name;
@@ -59,7 +65,6 @@ export function download(name, type, text) {
   document.body.append(link);
   link.click();
   link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 /** A file name for a thread: its title in plain letters, else its id. */
