@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 
 import httpx
 import pytest
 
 from tether.client import TetherClient, TetherError
+from tether.engine.runner import RunExecution
 from tether.transcript import comparable, fold
 
 from .conftest import notes, thread_events, tool_log, wait_for_status
@@ -167,6 +169,47 @@ async def test_cancel_a_run_awaiting_approval(server):
         await wait_for_status(client, run["run_id"], {"completed"})
         assert tool_log(server.settings.data_dir) == []
         await assert_transcript_consistent(client, thread_id)
+
+
+@pytest.mark.parametrize("answer", ["cancel", "approve"])
+async def test_an_answer_that_comes_as_the_run_pauses_for_approval_still_counts(server, monkeypatch, answer):
+    """The pause is committed (the run shows `awaiting_approval`) a moment before its execution ends.
+    A cancel in that moment reached the execution, which had nothing more to stop: the cancel answered
+    202 and the run waited for an approval for ever (the soak's run that never ended). Here the
+    execution is held in that moment until the answer has come. (The server runs in a thread of its
+    own, with its own event loop: the two meet on thread-safe events.)"""
+    paused = threading.Event()
+    release = threading.Event()
+    execute = RunExecution.execute
+
+    async def execute_then_linger(self: RunExecution) -> None:
+        await execute(self)
+        if self.status == "awaiting_approval":
+            paused.set()
+            await asyncio.to_thread(release.wait, 30)
+
+    monkeypatch.setattr(RunExecution, "execute", execute_then_linger)
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        run = await client.send(thread["id"], "/approve hello")
+        assert await asyncio.to_thread(paused.wait, 30)
+        if answer == "cancel":
+            sent = asyncio.create_task(client.cancel(run["run_id"]))
+        else:
+            [call] = (await client.get_run(run["run_id"]))["pending_approvals"]
+            sent = asyncio.create_task(client.decide(run["run_id"], {call["tool_call_id"]: {"approved": True}}))
+        await asyncio.sleep(0.3)  # the answer has reached the lingering execution
+        release.set()
+        await asyncio.wait_for(sent, 30)
+        ended = await wait_for_status(client, run["run_id"], {"cancelled", "completed", "failed"})
+        events = [e.data async for e in client.stream_run(run["run_id"])]
+        if answer == "cancel":
+            assert ended["status"] == "cancelled" and ended["pending_approvals"] == []
+            assert any(e["type"] == "CUSTOM" and e["name"] == "tether.run_cancelled" for e in events)
+            assert tool_log(server.settings.data_dir) == []
+        else:
+            assert ended["status"] == "completed"
+            assert notes(server.settings.data_dir) == ["hello"]
 
 
 async def test_steer_lands_between_steps_and_keeps_completed_tools(server):

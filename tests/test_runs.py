@@ -133,9 +133,13 @@ async def test_cancel_a_running_run(server):
         assert stored["status"] == "idle"
 
 
-async def test_a_run_streaming_at_full_speed_is_cancelled_cleanly_wherever_the_cancel_lands(server):
-    """A model that never waits gives the event loop up between events (and the journal applies
-    backpressure): a cancel landing at any such point ends the run as cancelled, never as a 500."""
+@pytest.mark.parametrize("backpressure", ["now and then", "after every event"])
+async def test_a_run_streaming_at_full_speed_is_cancelled_cleanly_wherever_the_cancel_lands(server, backpressure):
+    """A model that never waits gives the event loop up between events, and waits when the journal
+    has too much pending: a cancel landing at any such point ends the run as cancelled, never as a
+    500 that leaves the run unfinished."""
+    if backpressure == "after every event":
+        server.engine.journal._max_pending = 1  # the journal is congested at every event
     async with TetherClient(server.url) as client:
         thread = await client.create_thread()
         for attempt in range(20):

@@ -548,7 +548,11 @@ class Engine:
         """Cancel a run wherever it is, and wait (up to a lease and a little) until it has ended."""
         if self.worker.cancel(run.id, reason, discard_partial):
             await self.worker.finished(run.id)
-            return
+            run = await self._get_run(run.id)
+            if run.status in TERMINAL_STATUSES:
+                return
+            # Its execution here ended as the cancel came, the run paused for approval (or stopped for
+            # a shutdown) instead: it is cancelled where it is now.
         if run.status == "queued" and await self.store.cancel_queued(run.id, reason):
             self.journal.feed(
                 run.thread_id,
@@ -567,10 +571,11 @@ class Engine:
         while time.monotonic() < deadline:
             if self.worker.cancel(run.id, reason, discard_partial):  # this worker claimed it meanwhile
                 await self.worker.finished(run.id)
-                return
             current = await self.store.get_run(run.id)
             if current is None or current.status in TERMINAL_STATUSES:
                 return
+            if current.status == "awaiting_approval" and await self.worker.end_paused(current, reason):
+                return  # it paused meanwhile, where no worker would ever see the request
             await asyncio.sleep(0.05)
         log.warning("run %s: cancel requested, but it has not ended yet; its worker ends it", run.id)
 

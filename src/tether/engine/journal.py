@@ -213,6 +213,15 @@ class Journal:
         if run_id is not None and run_id in self._lost:
             raise LeaseLost([run_id])
 
+    async def drained(self) -> None:
+        """Wait until what is appended so far has been written, for a producer that appended too much
+        (backpressure). Never raises: a write that failed, or a lease lost, is raised by the producer's
+        next append or `commit(run_id)`."""
+        try:
+            await self.commit()
+        except JournalError:
+            pass
+
     def _wake(self) -> None:
         if not self._wakeup.is_set():
             self._wakeup.set()

@@ -235,8 +235,6 @@ class RunExecution:
                     journal.event(run.thread_id, run.id, events.type_name(event), events.encode(event))
                     if event.type == "TEXT_MESSAGE_CONTENT":
                         crash_point("text_delta")
-                    if journal.congested:
-                        await journal.commit(run.id)
             if self.status == "running":
                 # Stopped at a step boundary: hand the run over to another worker now, not when the lease lapses.
                 journal.update_run(run.id, worker=None, lease_expires_at=None, released="stopped")
@@ -467,11 +465,16 @@ class RunExecution:
                         async with node.stream(agent_run.ctx) as node_events:
                             async for event in node_events:
                                 yield event
-                                if loop.time() >= turn_ends:
-                                    # Here, inside the agent run: a cancel that lands on this await
-                                    # ends the run as pydantic-ai's cancel does (RunCancelled).
-                                    await asyncio.sleep(0)
-                                    turn_ends = loop.time() + TURN
+                                # Waits go here, inside the agent run: pydantic-ai delivers a cancel as
+                                # CancelledError at the next await, which only inside it becomes the
+                                # run's RunCancelled (anywhere else it would escape, the run unfinished).
+                                if self._journal.congested:
+                                    await self._journal.drained()
+                                elif loop.time() >= turn_ends:
+                                    await asyncio.sleep(0)  # let whatever else is ready run
+                                else:
+                                    continue
+                                turn_ends = loop.time() + TURN
             result = agent_run.result
             assert result is not None
             requests = result.output if isinstance(result.output, DeferredToolRequests) else None
