@@ -22,7 +22,20 @@ from .js.rules import check_ag_ui_run, sse_data
 
 
 def agent(server: Any, thread_id: str, steps: list[dict[str, Any]], **program: Any) -> list[dict[str, Any]]:
-    return node.run("ag_ui.mjs", server.url, {"threadId": thread_id, "steps": steps, **program})
+    """Run the client's steps; every stream it received is checked against AG-UI's ordering rules (one
+    the client cut off itself, as far as it goes)."""
+    results = node.run("ag_ui.mjs", server.url, {"threadId": thread_id, "steps": steps, **program})
+    for step, result in zip(steps, results, strict=True):
+        events = result["events"]
+        if "abortAfter" in step and events and events[-1] == ABORTED:
+            events = events[:-1]  # the client's own notice of its abortRun(), not the server's
+        if events:
+            run_id = step.get("runId") or result["loaded"]["runId"]
+            check_ag_ui_run(events, thread_id, run_id, complete="abortAfter" not in step)
+    return results
+
+
+ABORTED = {"type": "RUN_ERROR", "rawEvent": {}, "message": "This operation was aborted", "code": "abort"}
 
 
 def new_id(prefix: str) -> str:
@@ -191,6 +204,7 @@ def test_bad_requests_get_clear_errors(server):
     assert error_of(httpx.get(f"{server.url}/v1/ag-ui/{new_id('nothing')}")) == (404, "not_found")
 
     paused = post(server, {"threadId": thread, "runId": "r3", "messages": [*history, user("u3", "/approve x")]})
+    check_ag_ui_run([json.loads(d) for d in sse_data(paused.text)], thread, "r3")
     interrupt = json.loads(sse_data(paused.text)[-1])["outcome"]["interrupts"][0]["id"]
     history = httpx.get(f"{server.url}/v1/ag-ui/{thread}").json()["messages"]
     bad = [{"interruptId": interrupt, "status": "resolved", "payload": {"editedArgs": {"text": "y"}}}]
@@ -212,6 +226,7 @@ def test_another_users_thread_does_not_exist(start_server):
         server, {"threadId": thread, "runId": "r1", "messages": [user("u1", "/stream 2")]}, **{"x-user": "alice"}
     )
     assert mine.status_code == 200
+    check_ag_ui_run([json.loads(d) for d in sse_data(mine.text)], thread, "r1")
     theirs = post(server, {"threadId": thread, "runId": "r2", "messages": [user("u9", "hi")]}, **{"x-user": "bob"})
     assert error_of(theirs) == (404, "not_found")
     assert error_of(httpx.get(f"{server.url}/v1/ag-ui/{thread}", headers={"x-user": "bob"})) == (404, "not_found")

@@ -20,7 +20,13 @@ from .js.rules import check_ui_message_stream, sse_data
 
 
 def chat(server: Any, chat_id: str, steps: list[dict[str, Any]], **program: Any) -> list[dict[str, Any]]:
-    return node.run("ai_sdk.mjs", server.url, {"chatId": chat_id, "steps": steps, **program})
+    """Run the chat's steps; every stream the transport parsed is checked against the UI message stream's
+    ordering rules (one the client cut off itself, as far as it goes)."""
+    results = node.run("ai_sdk.mjs", server.url, {"chatId": chat_id, "steps": steps, **program})
+    for step, result in zip(steps, results, strict=True):
+        if result["chunks"]:
+            check_ui_message_stream(result["chunks"], complete="stopAfter" not in step)
+    return results
 
 
 def new_id() -> str:
@@ -146,7 +152,7 @@ def test_resume_is_200_while_a_run_is_active_and_204_after(server):
         json={**body, "messages": [*stored(server, chat_id), user("u2", "/approve x")]},
         timeout=30,
     )
-    assert paused.status_code == 200
+    streamed(paused)
     again = httpx.get(f"{server.url}/v1/ai-sdk/chat/{chat_id}/stream", timeout=30)  # waiting for approval
     chunks = [json.loads(d) for d in sse_data(again.text)[:-1]]
     check_ui_message_stream(chunks)
@@ -172,6 +178,16 @@ def stored(server: Any, chat_id: str, **headers: str) -> list[dict[str, Any]]:
     return httpx.get(f"{server.url}/v1/ai-sdk/chat/{chat_id}", headers=headers).json()["messages"]
 
 
+def streamed(response: httpx.Response) -> list[dict[str, Any]]:
+    """The chunks of a 200 UI message stream, checked against the protocol's ordering rules."""
+    assert response.status_code == 200, response.text
+    data = sse_data(response.text)
+    assert data[-1] == "[DONE]", data
+    chunks = [json.loads(d) for d in data[:-1]]
+    check_ui_message_stream(chunks)
+    return chunks
+
+
 def error_of(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, response.json()["error"]["code"]
 
@@ -183,7 +199,7 @@ def test_bad_requests_get_clear_errors(server):
         body = {"id": chat_id, "messages": messages, "trigger": "submit-message", **extra}
         return httpx.post(f"{server.url}/v1/ai-sdk/chat", json=body, timeout=30)
 
-    assert send([user("u1", "/stream 2")]).status_code == 200
+    streamed(send([user("u1", "/stream 2")]))
     history = stored(server, chat_id)
     assert error_of(send([user("x", "inserted"), *history, user("u2", "hi")])) == (409, "history_conflict")
     assert error_of(send([user("u2", "hi")])) == (409, "history_conflict")  # lacks the latest answer
@@ -198,7 +214,7 @@ def test_bad_requests_get_clear_errors(server):
     assert error_of(httpx.get(f"{server.url}/v1/ai-sdk/chat/{new_id()}/stream")) == (404, "not_found")
     assert error_of(httpx.get(f"{server.url}/v1/ai-sdk/chat/{new_id()}")) == (404, "not_found")
 
-    assert send([*history, user("u3", "/approve y")]).status_code == 200
+    streamed(send([*history, user("u3", "/approve y")]))
     history = stored(server, chat_id)
     [part] = [p for p in history[-1]["parts"] if p["type"] == "tool-write_note"]
     answered = {**part, "state": "approval-responded", "approval": {"id": part["approval"]["id"], "approved": "yes"}}
@@ -206,7 +222,7 @@ def test_bad_requests_get_clear_errors(server):
     assert error_of(send([*history, user("u4", "hi")])) == (409, "thread_busy")  # the paused run is active
     answered["approval"]["approved"] = True
     approve = [*history[:-1], {**history[-1], "parts": [answered]}]
-    assert send(approve).status_code == 200
+    streamed(send(approve))
     assert error_of(send(approve)) == (409, "not_awaiting_approval")  # decided already
     assert notes(server.settings.data_dir) == ["y"]
 
@@ -216,7 +232,7 @@ def test_another_users_chat_does_not_exist(start_server):
     chat_id = new_id()
     body = {"id": chat_id, "messages": [user("u1", "/stream 2")], "trigger": "submit-message"}
     alice, bob = {"x-user": "alice"}, {"x-user": "bob"}
-    assert httpx.post(f"{server.url}/v1/ai-sdk/chat", json=body, headers=alice, timeout=30).status_code == 200
+    streamed(httpx.post(f"{server.url}/v1/ai-sdk/chat", json=body, headers=alice, timeout=30))
     theirs = {**body, "messages": [user("u9", "hi")]}
     assert error_of(httpx.post(f"{server.url}/v1/ai-sdk/chat", json=theirs, headers=bob)) == (404, "not_found")
     assert error_of(httpx.get(f"{server.url}/v1/ai-sdk/chat/{chat_id}/stream", headers=bob)) == (404, "not_found")
