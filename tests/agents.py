@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic_ai import Agent, RunContext
+from pydantic_ai import Agent, ModelRetry, RunContext
 from pydantic_ai.messages import BinaryContent, ModelMessage, ModelRequest, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.tools import DeferredToolRequests
@@ -172,3 +172,21 @@ async def _attachments_seen(messages: list[ModelMessage], info: AgentInfo) -> As
 
 
 attachments_seen: Agent[None, str] = Agent(FunctionModel(stream_function=_attachments_seen))
+
+
+async def _retrying(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+    """Looks the order up once; its tool asks for a retry (ModelRetry), and the model gives up."""
+    returns = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts if isinstance(p, ToolReturnPart)]
+    if not returns:
+        yield {0: DeltaToolCall(name="lookup_order", json_args=json.dumps({"order": "A-1"}), tool_call_id="call_1")}
+    else:
+        yield f"could not look it up: {returns[-1].outcome}"
+
+
+retrying: Agent[None, str] = Agent(FunctionModel(stream_function=_retrying))
+
+
+@retrying.tool_plain
+def lookup_order(order: str) -> str:
+    """Look an order up (there is none)."""
+    raise ModelRetry(f"no order {order}: ask the user for its number")

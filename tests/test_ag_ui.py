@@ -72,6 +72,21 @@ def test_a_streamed_answer_a_tool_call_and_a_second_turn(server):
     assert [r["status"] for r in run] == ["completed", "completed"]
 
 
+def test_a_tool_error_is_marked_by_a_custom_event_the_client_accepts(start_server):
+    server = start_server(agents=("tests.agents:retrying",))  # its tool raises ModelRetry
+    thread = new_id("thread")
+    [step] = agent(server, thread, [{"send": "where is my order?", "runId": "r1"}])
+    assert "error" not in step, step["error"]
+    kinds = [(e["type"], e.get("name")) for e in step["events"]]
+    failed = kinds.index(("CUSTOM", "tether.tool_failed"))
+    assert kinds[failed + 1] == ("TOOL_CALL_RESULT", None)
+    assert step["events"][failed]["value"] == {"toolCallId": "call_1", "outcome": "retried"}
+    [result] = [m for m in step["messages"] if m["role"] == "tool"]
+    assert result["content"] == "no order A-1: ask the user for its number"
+    assert assistant_text(step["messages"]) == ["could not look it up: retried"]
+    assert_matches_the_stored_history(server, thread, step["messages"])
+
+
 @pytest.mark.parametrize(
     ("resume", "note", "reply"),
     [

@@ -35,7 +35,7 @@ def new_id() -> str:
 
 def shown(messages: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, Any]]]]:
     """What a UI renders of messages: ids, roles, and each part's kind, text, tool state and values."""
-    keys = ("type", "text", "toolCallId", "state", "input", "output")
+    keys = ("type", "text", "toolCallId", "state", "input", "output", "errorText")
     return [
         (
             m["id"],
@@ -93,6 +93,27 @@ def test_the_wire_is_the_ui_message_stream(server):
     assert [c["type"] for c in chunks] == [
         "start", "start-step", "text-start", "text-delta", "text-delta", "text-end", "finish-step", "finish"
     ]  # fmt: skip
+
+
+def test_a_tool_error_is_tool_output_error(start_server):
+    server = start_server(agents=("tests.agents:retrying",))  # its tool raises ModelRetry
+    chat_id = new_id()
+    [retried] = chat(server, chat_id, [{"send": "where is my order?"}])
+    assert (retried["status"], retried["error"]) == ("ready", None)
+    assert [c["type"] for c in retried["chunks"] if c["type"].startswith("tool-output")] == ["tool-output-error"]
+    [part] = [p for p in retried["messages"][-1]["parts"] if p["type"] == "tool-lookup_order"]
+    assert (part["state"], part["errorText"]) == ("output-error", "no order A-1: ask the user for its number")
+    assert texts(retried["messages"][-1]) == "could not look it up: retried"
+    assert_matches_the_stored_chat(server, chat_id, retried["messages"])
+
+
+def test_a_failed_run_ends_with_error(server):
+    chat_id = new_id()
+    [failed] = chat(server, chat_id, [{"send": "/fail"}])
+    assert failed["chunks"][-1]["type"] == "error" and failed["status"] == "error"
+    assert failed["error"] == failed["chunks"][-1]["errorText"] == "the demo model failed, as /fail asked"
+    [run] = httpx.get(f"{server.url}/v1/threads/{chat_id}/runs").json()["runs"]
+    assert run["status"] == "failed"
 
 
 @pytest.mark.parametrize("approved", [True, False])

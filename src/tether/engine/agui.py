@@ -12,7 +12,9 @@ shared log needs, so that folding the log always renders the stored history
   is cancelled, so clients drop what the history does not keep;
 - CUSTOM events for what AG-UI has no word for: `tether.approval_requested`,
   `tether.steer_applied`, `tether.run_cancelled` (with the reason),
-  `tether.attachments`.
+  `tether.attachments`, and `tether.tool_failed` just before the
+  TOOL_CALL_RESULT of a call that failed or is to be retried (a TOOL_CALL_RESULT
+  cannot say so; the AI SDK's stream sends such a result as `tool-output-error`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from ag_ui.core import (
     TextMessageStartEvent,
 )
 from pydantic_ai.exceptions import RunCancelled
-from pydantic_ai.messages import EnqueuedMessagesEvent, ModelMessage, PartDeltaEvent, TextPartDelta
+from pydantic_ai.messages import (
+    EnqueuedMessagesEvent,
+    FunctionToolResultEvent,
+    ModelMessage,
+    PartDeltaEvent,
+    TextPartDelta,
+)
 from pydantic_ai.ui.ag_ui import AGUIEventStream
 
 from tether import attachments
@@ -41,6 +49,9 @@ from tether import attachments
 APPROVAL_REQUESTED = "tether.approval_requested"
 STEER_APPLIED = "tether.steer_applied"
 RUN_CANCELLED = "tether.run_cancelled"
+TOOL_FAILED = "tether.tool_failed"
+TOOL_FAILURES = ("failed", "retried")
+"""The outcomes of a tool return that make its result an error (pydantic-ai's ToolReturnPart.outcome)."""
 
 
 class ServerStopping(Exception):
@@ -115,6 +126,13 @@ class TetherEventStream(AGUIEventStream[Any, Any]):
         if self.user_input is not None:
             for event in user_message(self.user_input, self.user_attachments):
                 yield event
+
+    async def handle_function_tool_result(self, event: FunctionToolResultEvent) -> AsyncIterator[BaseEvent]:
+        part = event.part
+        if part.outcome in TOOL_FAILURES:
+            yield custom(TOOL_FAILED, {"toolCallId": part.tool_call_id, "outcome": part.outcome})
+        async for agui_event in super().handle_function_tool_result(event):
+            yield agui_event
 
     async def handle_enqueued_messages(self, event: EnqueuedMessagesEvent) -> AsyncIterator[BaseEvent]:
         async for agui_event in super().handle_enqueued_messages(event):

@@ -27,7 +27,7 @@ from tether.api.protocols.streaming import Frame, ProtocolStreamResponse, Transl
 from tether.api.routes import ERRORS, JSON_EVENT, engine, errors, event_stream
 from tether.api.sse import EventStreamResponse
 from tether.engine import Engine
-from tether.engine.agui import RUN_CANCELLED
+from tether.engine.agui import RUN_CANCELLED, TOOL_FAILED
 from tether.engine.runner import DENIED
 from tether.errors import BadRequest, Conflict
 from tether.events import RUN_ERROR, RUN_FINISHED, Event
@@ -160,6 +160,7 @@ class UIMessageStream:
         self._texts: set[str] = set()
         self._user_texts: set[str] = set()
         self._tools: dict[str, tuple[str, str]] = {}
+        self._failed: set[str] = set()
         self.done = False
 
     def feed(self, event: Event) -> list[Frame]:
@@ -202,9 +203,15 @@ class UIMessageStream:
             call, content = data["toolCallId"], data["content"]
             if isinstance(content, str) and content.startswith(DENIED):
                 return [{"type": "tool-output-denied", "toolCallId": call}]
+            if call in self._failed:
+                self._failed.discard(call)
+                return [{"type": "tool-output-error", "toolCallId": call, "errorText": _text_of(content)}]
             return [{"type": "tool-output-available", "toolCallId": call, "output": content}]
         if kind == "CUSTOM" and data.get("name") == RUN_CANCELLED:
             return [{"type": "abort", "reason": data["value"]["reason"]}]
+        if kind == "CUSTOM" and data.get("name") == TOOL_FAILED:
+            self._failed.add(data["value"]["toolCallId"])  # the TOOL_CALL_RESULT that follows is an error
+            return []
         if kind == RUN_FINISHED:
             return self._finished(event.seq, data.get("outcome") or {})
         if kind == RUN_ERROR:
@@ -345,6 +352,8 @@ def parts_of(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             part.update(state="output-available", output=chunk["output"])
             if "approval" in part:
                 part["approval"]["approved"] = True
+        elif kind == "tool-output-error":
+            open_parts[chunk["toolCallId"]].update(state="output-error", errorText=chunk["errorText"])
         elif kind == "tool-output-denied":
             part = open_parts[chunk["toolCallId"]]
             part.update(state="output-denied")
@@ -416,6 +425,10 @@ async def _regenerate(
     run = await eng.retry(thread.id, user)
     await eng.add_client_messages(thread, run, [incoming[-1].id])
     return run
+
+
+def _text_of(content: Any) -> str:
+    return content if isinstance(content, str) else json.dumps(content)
 
 
 def _json(text: str) -> Any:
