@@ -60,7 +60,8 @@ def _log_deps(info: RunInfo, how: str) -> None:
     path = os.environ.get("TETHER_TEST_DEPS_LOG")
     if path:
         with open(path, "a", encoding="utf-8") as log:
-            log.write(json.dumps({"how": how, "run_id": info.run_id, "execution": info.execution}) + "\n")
+            entry = {"how": how, "agent": info.agent, "run_id": info.run_id, "execution": info.execution}
+            log.write(json.dumps(entry) + "\n")
 
 
 def _caller(info: RunInfo) -> Caller:

@@ -69,7 +69,8 @@ async def test_the_deps_factory_gives_each_run_its_user_and_thread(start_server,
     pool = "pool-1" if agent == "served_sync" else "None"  # only served_sync has a lifespan
     assert text == f"user=alice thread={thread['id']} run={run['run_id']} team=blue execution=start pool={pool}"
     how = "sync" if agent == "served_sync" else "async"
-    assert deps_log(log) == [{"how": how, "run_id": run["run_id"], "execution": "start"}]
+    # RunInfo.agent is the name the agent is served under: here, after its attribute.
+    assert deps_log(log) == [{"how": how, "agent": agent, "run_id": run["run_id"], "execution": "start"}]
 
 
 async def test_without_users_the_factory_is_told_no_user(start_server):
@@ -134,7 +135,9 @@ async def test_deps_are_made_again_when_a_run_recovers_after_sigkill(tether_proc
 # several agents
 
 
-async def test_two_agents_each_answer_their_own_threads(start_server):
+async def test_two_agents_each_answer_their_own_threads(start_server, tmp_path, monkeypatch):
+    log = tmp_path / "deps.log"
+    monkeypatch.setenv("TETHER_TEST_DEPS_LOG", str(log))
     server = start_server(agents=("who=tests.agents:served_sync", "approvals=tests.agents:two_approvals"))
     async with TetherClient(server.url) as client:
         listed = await client.agents()
@@ -161,6 +164,7 @@ async def test_two_agents_each_answer_their_own_threads(start_server):
         }
         _, text = await answer(client, (await client.send(default["id"], "who"))["run_id"])
         assert text.startswith("user=None thread=")
+        assert [entry["agent"] for entry in deps_log(log)] == ["who"]  # the name it is served under
         paused = await wait_for_status(client, (await client.send(chosen["id"], "go"))["run_id"], {"awaiting_approval"})
         assert {c["tool_name"] for c in paused["pending_approvals"]} == {"delete_file"}
 
@@ -279,6 +283,13 @@ async def test_another_users_threads_and_runs_are_404_on_every_route(start_serve
             response = await request(http, method, path, body, BOB)
             assert_error(response, 404, "not_found")
             assert "alice" not in response.text
+
+        # The same reads are Alice's own: each answers her.
+        for (method, template), body in ROUTES.items():
+            if method == "GET" and "{" in template:
+                path, _ = fill(template, body, thread["id"], run["run_id"], file["id"])
+                response = await request(http, method, path, None, ALICE)
+                assert response.status_code == 200, (path, response.text)
 
         # Nothing Bob asked for happened: Alice's run still waits for her, her thread is as it was.
         assert (await alice.get_run(run["run_id"]))["status"] == "awaiting_approval"
