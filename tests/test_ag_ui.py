@@ -8,7 +8,10 @@ GET /v1/threads/{tid}.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -249,3 +252,31 @@ def test_another_users_thread_does_not_exist(start_server):
     assert len(runs) == 1
     assert httpx.get(f"{server.url}/v1/threads", headers={"x-user": "bob"}).json()["threads"] == []
     assert post(server, {"threadId": thread, "runId": "r3", "messages": []}).status_code == 401
+
+
+def test_the_front_end_in_the_docs_works(server, tmp_path):
+    """docs/ag-ui.md's minimal front end, as it is written there, run twice against a server like `make
+    serve`'s (the demo agent, no token): the second run continues the same thread; an approval is shown."""
+    docs = (Path(__file__).parents[1] / "docs" / "ag-ui.md").read_text()
+    [code] = re.findall(r"## A minimal front end\n.*?```js\n(.*?)```", docs, re.DOTALL)
+    assert "http://127.0.0.1:8765" in code
+    script = tmp_path / "chat.mjs"
+    script.write_text(code.replace("http://127.0.0.1:8765", server.url))
+    (tmp_path / "node_modules").symlink_to(node.HERE / "node_modules")
+    node_path = node.require_clients()
+
+    def chat(text: str) -> str:
+        done = subprocess.run([node_path, str(script), text], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert chat("/stream 5") == "w1 w2 w3 w4 w5\n\n"
+    assert chat("/stream 2") == "w1 w2\n\n"
+    assert "waiting for: Approve write_note(" in chat("/approve hello")
+    view = httpx.get(f"{server.url}/v1/ag-ui/my-first-thread").json()
+    assert [m["content"] for m in view["messages"] if m["role"] == "user"] == [
+        "/stream 5",
+        "/stream 2",
+        "/approve hello",
+    ]
+    assert view["runId"] is not None  # the approval waits
