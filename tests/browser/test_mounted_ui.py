@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
 from playwright.async_api import expect
 
 import tether
@@ -88,3 +89,62 @@ async def test_the_mount_point_without_its_slash_redirects(tmp_path):
             assert index.status_code == 200 and 'src="ui/js/app.js"' in index.text
             assert (await http.get("/chat/ui/js/app.js")).status_code == 200
             assert (await http.get("/chat/v1/threads")).status_code == 401
+
+
+SESSIONS = {"s-ann": "ann", "s-ben": "ben"}
+
+
+def host_with_own_sign_in(settings: Settings) -> FastAPI:
+    """Someone's app that signs its people in itself (a session cookie) and tells Tether who they are."""
+
+    def session_user(request: Request) -> str | None:
+        return SESSIONS.get(request.cookies.get("session", ""))
+
+    host = host_of(tether.create_app(settings, auth=session_user))
+
+    @host.get("/login/{session}")
+    async def login(session: str) -> RedirectResponse:
+        response = RedirectResponse("/chat/", status_code=303)
+        response.set_cookie("session", session, httponly=True, samesite="lax")
+        return response
+
+    return host
+
+
+async def test_two_people_signed_in_by_the_host_each_see_their_own_threads(tmp_path, new_context):
+    settings = Settings(data_dir=tmp_path / "data")
+    server = ServerThread(settings, app=host_with_own_sign_in(settings)).start()
+    try:
+        chat_url = f"{server.url}/chat"
+        pages = {}
+        for session, person in SESSIONS.items():
+            page = await (await new_context()).new_page()  # another browser: its own cookies
+            await page.goto(f"{server.url}/login/{session}")  # the host's sign-in, then its chat
+            await expect(page).to_have_url(f"{chat_url}/")
+            await expect(page.get_by_test_id("signed-in-as")).to_have_text(f"Signed in as {person}")
+            await expect(page.locator("#token-dialog")).to_be_hidden()  # the host's cookie is enough
+            pages[person] = ChatPage(page, chat_url)
+
+        threads: dict[str, set[str]] = {"ann": set(), "ben": set()}
+        for person in ("ann", "ben", "ann"):
+            chat = pages[person]
+            thread_id = await chat.new_thread()
+            await chat.send("/stream 3")
+            await expect(chat.page.locator(f"#thread-list li[data-thread-id={thread_id}]")).to_be_visible()
+            await chat.assert_last_answer("w1 w2 w3")
+            await chat.wait_until_idle()
+            threads[person].add(thread_id)
+        for person, chat in pages.items():
+            await expect(chat.page.locator("#thread-list li")).to_have_count(len(threads[person]))
+            shown = await chat.page.locator("#thread-list li").evaluate_all("lis => lis.map(li => li.dataset.threadId)")
+            assert set(shown) == threads[person]
+
+        # Ben opening one of Ann's threads by its URL finds nothing there.
+        ben = pages["ben"].page
+        [ann_first, *_] = sorted(threads["ann"])
+        await ben.goto(f"{chat_url}/#/t/{ann_first}")
+        await expect(ben.locator("#run-error")).to_contain_text("does not exist")
+        async with httpx.AsyncClient(base_url=chat_url, cookies={"session": "s-ben"}) as http:
+            assert {t["user_id"] for t in (await http.get("/v1/threads")).json()["threads"]} == {"ben"}
+    finally:
+        server.stop()
