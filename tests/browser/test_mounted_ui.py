@@ -123,6 +123,7 @@ async def test_two_people_signed_in_by_the_host_each_see_their_own_threads(tmp_p
             await expect(page).to_have_url(f"{chat_url}/")
             await expect(page.get_by_test_id("signed-in-as")).to_have_text(f"Signed in as {person}")
             await expect(page.locator("#token-dialog")).to_be_hidden()  # the host's cookie is enough
+            await expect(page.get_by_test_id("sign-out")).to_be_hidden()  # signing out is the host's
             pages[person] = ChatPage(page, chat_url)
 
         threads: dict[str, set[str]] = {"ann": set(), "ben": set()}

@@ -831,7 +831,7 @@ async function identify(generation) {
   const who = await loadForUser(generation, () => api.me()).catch(showError);
   if (generation !== api.generation) return;
   me = who ?? null;
-  drawAccount(me);
+  drawAccount(me, Boolean(api.token));
 }
 
 async function loadAgents(generation) {

@@ -67,11 +67,13 @@ export function signingIn() {
 
 /**
  * The sidebar's account line from GET /v1/me: nothing without auth; "Signed in" with the
- * server's one token; "Signed in as NAME" for a user of their own.
+ * server's one token; "Signed in as NAME" for a user of their own. Sign out only when this page
+ * holds the token: someone signed in by the app Tether is mounted in (its cookie) signs out there.
  *
  * @param {{user: string | null, auth: string} | null} me null: signed out, or a server too old to say
+ * @param {boolean} holdsToken whether the page signed in with a token of its own
  */
-export function drawAccount(me) {
+export function drawAccount(me, holdsToken = true) {
   if (me) localStorage.setItem(AUTH_KEY, me.auth);
   const shown = Boolean(me) && me.auth !== "none";
   $("account").dataset.auth = me?.auth ?? "";
@@ -80,4 +82,5 @@ export function drawAccount(me) {
   const named = me.user && me.auth !== "token";
   $("signed-in-as").textContent = named ? `Signed in as ${me.user}` : "Signed in";
   $("signed-in-as").title = named ? me.user : "";
+  $("sign-out").hidden = !holdsToken;
 }
