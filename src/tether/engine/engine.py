@@ -181,7 +181,7 @@ class Engine:
         )
         await self.store.create_thread(thread)
         self.journal.feed(thread.id, None, feed_notice("thread.created", thread.id, title=title, agent=thread.agent))
-        await self.journal.commit()
+        await self.journal.commit(refuse_outage=True)
         return thread
 
     async def get_thread(self, thread_id: str, user: str) -> Thread:
@@ -212,7 +212,7 @@ class Engine:
         await self.get_thread(thread_id, user)
         await self.store.update_thread(thread_id, title=title)
         self.journal.feed(thread_id, None, feed_notice("thread.updated", thread_id, title=title))
-        await self.journal.commit()
+        await self.journal.commit(refuse_outage=True)
         return await self.get_thread(thread_id, user)
 
     async def delete_thread(self, thread_id: str, user: str) -> None:
@@ -222,12 +222,12 @@ class Engine:
         async with self._thread_locks[thread_id]:
             for run in await self.active_runs(thread_id):
                 await self._cancel(run, "the thread was deleted")
-            await self.journal.commit()
+            await self.journal.commit(refuse_outage=True)
             await self.store.delete_thread(thread_id)
             self.journal.forget_thread(thread_id)
             self._folds.forget(thread_id)
             self.journal.feed(thread_id, None, feed_notice("thread.deleted", thread_id), user_id=user)
-            await self.journal.commit()
+            await self.journal.commit(refuse_outage=True)
 
     async def thread_messages(self, thread: Thread) -> tuple[list[dict[str, Any]], int, int | None]:
         """The thread's stored history as AG-UI messages, its last seq, and the seq the history is
@@ -299,7 +299,7 @@ class Engine:
             "thread.created", thread.id, title=thread.title, agent=thread.agent, parentThreadId=parent.id
         )
         self.journal.feed(thread.id, None, notice)
-        await self.journal.commit()
+        await self.journal.commit(refuse_outage=True)
         return thread
 
     # runs
@@ -381,7 +381,7 @@ class Engine:
                 code="thread_busy",
             )
         self.journal.feed(thread_id, run.id, feed_notice("run.created", thread_id, run.id, status="queued"))
-        await self.journal.commit()
+        await self.journal.commit(refuse_outage=True)
         return run
 
     def _check_input(self, user_input: str) -> None:
@@ -436,7 +436,7 @@ class Engine:
                     self.bus.send_control({"op": "steer", "item": asdict(item)})
                 notice = feed_notice("run.steered", thread_id, target.id, steerId=item.id)
                 self.journal.feed(thread_id, target.id, notice)
-                await self.journal.commit()
+                await self.journal.commit(refuse_outage=True)
                 return target, "inbox"
             raise Conflict(f"thread {thread_id!r} is changing too fast to steer; try again", code="thread_busy")
 
@@ -502,7 +502,7 @@ class Engine:
                 run_id,
                 feed_notice("run.decided", run.thread_id, run_id, decided=sorted(decisions), complete=complete),
             )
-            await self.journal.commit()
+            await self.journal.commit(refuse_outage=True)
             run = await self._get_run(run_id)
         if complete:
             self._wake_workers()
@@ -559,7 +559,7 @@ class Engine:
                 run.id,
                 feed_notice("run.status", run.thread_id, run.id, status="cancelled", error=reason),
             )
-            await self.journal.commit()
+            await self.journal.commit(refuse_outage=True)
             return
         if run.status == "awaiting_approval" and await self.worker.end_paused(run, reason):
             return
@@ -724,7 +724,7 @@ class Engine:
             if await self.store.create_thread_if_absent(created):
                 notice = feed_notice("thread.created", thread_id, title=None, agent=created.agent)
                 self.journal.feed(thread_id, None, notice)
-                await self.journal.commit()
+                await self.journal.commit(refuse_outage=True)
                 return created
         return await self.get_thread(thread_id, user)  # it exists (perhaps made a moment ago): whose is it?
 

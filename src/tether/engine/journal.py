@@ -14,7 +14,10 @@ so a worker that lost a lease writes nothing more of that run. Feed numbers
 are given by the commit itself (they must follow commit order across workers).
 
 A database that cannot be reached is waited for (up to `outage_limit`
-seconds), the batch retried; runs block on `commit()` meanwhile.
+seconds), the batch retried; runs block on `commit()` meanwhile. A request
+does not: `commit(refuse_outage=True)` answers StoreUnavailable (a 503) as
+soon as an outage begins, and its items stay in the batch, written when the
+database is back.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class Journal:
         self._outage_limit = outage_limit
         self.outage: str | None = None
         """Why commits are failing right now (the database is unreachable, or full), while they are retried."""
+        self._impatient: set[asyncio.Future[None]] = set()
+        """The waiters of commit(refuse_outage=True): refused when an outage begins."""
         self._on_lease_lost = on_lease_lost
         self._leases: dict[str, Lease] = {}
         self._lost: set[str] = set()
@@ -202,14 +207,25 @@ class Journal:
         """True when a producer should `await commit()` before appending more (backpressure)."""
         return len(self._pending.events) >= self._max_pending
 
-    async def commit(self, run_id: str | None = None) -> None:
+    async def commit(self, run_id: str | None = None, *, refuse_outage: bool = False) -> None:
         """Wait until everything appended so far is durable and published. With `run_id`, raise
-        LeaseLost if that run's items were refused because another worker took its lease."""
+        LeaseLost if that run's items were refused because another worker took its lease. With
+        `refuse_outage` (a request, whose client waits for an answer), raise StoreUnavailable rather
+        than wait out an outage: what was appended is still written once the database is back."""
         if self._pending or self._writing:
+            if refuse_outage and self.outage is not None:
+                raise self._refusal()
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             self._wake()
-            await waiter
+            if not refuse_outage:
+                await waiter
+            else:
+                self._impatient.add(waiter)
+                try:
+                    await waiter
+                finally:
+                    self._impatient.discard(waiter)
         if run_id is not None and run_id in self._lost:
             raise LeaseLost([run_id])
 
@@ -297,6 +313,7 @@ class Journal:
                 if outage_began is None:
                     outage_began = now
                     log.warning("the database is unreachable; retrying the commit for up to %.0fs", self._outage_limit)
+                    _resolve(list(self._impatient), self._refusal())
                 if now - outage_began > self._outage_limit:
                     self.outage = None  # this batch gives up; the next finds out for itself
                     raise
@@ -314,6 +331,12 @@ class Journal:
         first = batch.events[0]
         stored = await self._store.read_events(first.thread_id, first.seq - 1, 1)
         return bool(stored) and stored[0].seq == first.seq and stored[0].data == first.data
+
+    def _refusal(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the database cannot take writes right now ({self.outage}); what this request changed is written "
+            f"once it is back, if that is within {self._outage_limit:.0f}s"
+        )
 
     def _drop_pending(self, threads: set[str]) -> None:
         """Forget what failed threads appended after the failed batch: its sequence numbers follow
