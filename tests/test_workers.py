@@ -158,12 +158,15 @@ async def test_sigterm_hands_runs_over_without_waiting_for_the_lease(tether_proc
     leaving = tether_process("--lease", "30", data_dir=front.data_dir).start()
     async with TetherClient(front.url) as client:
         thread = await client.create_thread()
-        run = await client.send(thread["id"], "/steps 20 ms=300")
+        # Long enough to outlast the next worker's start on a loaded machine (several seconds).
+        run = await client.send(thread["id"], "/steps 60 ms=250")
         await wait_for_worker(client, run["run_id"], worker_id(leaving))
         staying = tether_process("--lease", "30", data_dir=front.data_dir).start()
         reader = Reader([front.url], thread["id"], run["run_id"])
         reading = asyncio.create_task(reader.read())
         await asyncio.sleep(0.5)
+        before = await client.get_run(run["run_id"])
+        assert before["status"] == "running" and before["worker"] == worker_id(leaving), before
         leaving.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         await wait_for_worker(client, run["run_id"], worker_id(staying), within=15)
@@ -184,10 +187,12 @@ async def test_a_frozen_worker_is_fenced_off_after_another_takes_its_run(tether_
     frozen = tether_process("--lease", "2", data_dir=front.data_dir).start()
     async with TetherClient(front.url) as client:
         thread = await client.create_thread()
-        run = await client.send(thread["id"], "/steps 24 ms=250")
+        run = await client.send(thread["id"], "/steps 48 ms=250")  # outlasts the heir's start
         await wait_for_worker(client, run["run_id"], worker_id(frozen))
         heir = tether_process("--lease", "2", data_dir=front.data_dir).start()
         await asyncio.sleep(0.6)
+        before = await client.get_run(run["run_id"])
+        assert before["status"] == "running" and before["worker"] == worker_id(frozen), before
         frozen.proc.send_signal(signal.SIGSTOP)
         try:
             await wait_for_worker(client, run["run_id"], worker_id(heir), within=15)
