@@ -28,9 +28,9 @@ test: $(STAMP) chromium js-clients
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 4 --dist loadgroup -q
 
-# The npm clients the AG-UI and AI SDK tests drive, and axe-core for the UI's accessibility test, pinned
-# in tests/js/package-lock.json: `npm ci` when the lock file is newer than the last install. Without npm
-# those tests skip (under CI=true they fail).
+# The npm clients the AG-UI and AI SDK tests drive (and React, jsdom and esbuild to run docs/ai-sdk.md's
+# front end), and axe-core for the UI's accessibility test, pinned in tests/js/package-lock.json: `npm ci`
+# when the lock file is newer than the last install. Without npm those tests skip (under CI=true they fail).
 js-clients:
 	@if ! command -v npm >/dev/null; then \
 	  echo "npm not found: the AG-UI, AI SDK and accessibility tests will skip (and fail under CI=true)"; \

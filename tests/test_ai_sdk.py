@@ -2,13 +2,16 @@
 npm (tests/js/ai_sdk.mjs), on both engines.
 
 Every stream the client receives is checked against the UI message stream's ordering rules, and the
-chat's messages against GET /v1/ai-sdk/chat/{id}: the same messages, by the same ids.
+chat's messages against GET /v1/ai-sdk/chat/{id}: the same messages, by the same ids. The React front end
+in docs/ai-sdk.md is run as it is written there, with @ai-sdk/react (tests/js/ai_sdk_react.mjs).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -261,3 +264,44 @@ def test_another_users_chat_does_not_exist(start_server):
     assert len(stored(server, chat_id, **alice)) == 2
     [finished] = chat(server, chat_id, [{"reload": True}], headers=alice)
     assert finished["chunks"] == [] and len(finished["messages"]) == 2
+
+
+def test_the_front_end_in_the_docs_works(server):
+    """docs/ai-sdk.md's React front end, as it is written there, rendered (jsdom, react-dom) and used as a
+    person would against a server like `make serve`'s: two turns, a failed run, an approval clicked, and a
+    reload mid-answer, after which the answer is shown whole, once."""
+    docs = (Path(__file__).parents[1] / "docs" / "ai-sdk.md").read_text()
+    [code] = re.findall(r"## A minimal front end\n.*?```jsx\n(.*?)```", docs, re.DOTALL)
+    assert "http://127.0.0.1:8765" in code
+    chat_id = new_id()
+    steps = [
+        {"open": True},
+        {"send": "/stream 5"},
+        {"send": "/stream 2"},
+        {"send": "/fail"},
+        {"send": "/approve hello"},
+        {"click": "approve"},
+        {"send": "/stream 40 ms=75", "reloadAt": "w3"},  # 3 s: the page reloads well before the end
+    ]
+    program = {"code": code.replace("http://127.0.0.1:8765", server.url), "chatId": chat_id, "steps": steps}
+    results = node.run("ai_sdk_react.mjs", server.url, program)
+    opened, first, second, failed, paused, approved, reloaded = results
+    assert [r["warnings"] for r in results] == [[]] * len(steps)  # React warned of nothing (keys, hooks)
+    assert (opened["messages"], opened["usable"]) == ([], True)
+    turns = ["user /stream 5", "assistant w1 w2 w3 w4 w5", "user /stream 2", "assistant w1 w2"]
+    assert (first["messages"], second["messages"]) == (turns[:2], turns)
+    assert failed["messages"] == [*turns, "user /fail", "assistant "]
+    assert failed["text"].endswith("the demo model failed, as /fail asked") and failed["usable"]
+    asked = [*failed["messages"], "user /approve hello", "assistant [write_note approval-requested]approvedeny"]
+    assert (paused["messages"], paused["buttons"]) == (asked, ["approve", "deny"])
+    said = "assistant [write_note output-available]write_note says: saved the note 'hello'"
+    assert (approved["messages"], approved["buttons"]) == ([*asked[:-1], said], [])  # in the same message
+    assert notes(server.settings.data_dir) == ["hello"]
+    before, words = reloaded["beforeReload"], " ".join(f"w{i}" for i in range(1, 41))
+    assert before["messages"][:-1] == [*approved["messages"], "user /stream 40 ms=75"]
+    assert f"assistant {words}".startswith(before["messages"][-1]) and "w40" not in before["messages"][-1]
+    assert reloaded["messages"] == [*before["messages"][:-1], f"assistant {words}"]  # whole, and once
+    assert [(r["method"], r["path"], r["status"]) for r in reloaded["requests"]] == [
+        ("GET", f"/v1/ai-sdk/chat/{chat_id}", 200),
+        ("GET", f"/v1/ai-sdk/chat/{chat_id}/stream", 200),  # resumed, not loaded finished
+    ]

@@ -18,14 +18,27 @@ import pytest
 HERE = Path(__file__).parent
 
 
+def not_installed() -> list[str]:
+    """Each package.json dependency that node_modules lacks at its pinned version, as `name@version`:
+    a node_modules from before a pin changed fails here, clearly, not somewhere inside a driver."""
+    pins = json.loads((HERE / "package.json").read_text())["dependencies"]
+    return [f"{name}@{pin}" for name, pin in pins.items() if installed_version(name) != pin]
+
+
+def installed_version(name: str) -> str | None:
+    manifest = HERE / "node_modules" / name / "package.json"
+    return json.loads(manifest.read_text())["version"] if manifest.is_file() else None
+
+
 def require_clients() -> str:
     """The node executable, once the clients are installed."""
     node = shutil.which("node")
+    stale = not_installed()
     missing = (
         "node is not installed"
         if node is None
-        else "tests/js/node_modules is missing: run `make test` (it runs `npm ci` in tests/js)"
-        if not (HERE / "node_modules" / "ai").is_dir() or not (HERE / "node_modules" / "@ag-ui" / "client").is_dir()
+        else f"tests/js/node_modules lacks {', '.join(stale)}: run `make js-clients` (`npm ci` in tests/js)"
+        if stale
         else None
     )
     if missing is not None:
