@@ -1,17 +1,12 @@
 """The embedded database: one SQLite file in WAL mode.
 
-Two connections. The writer lives on a thread of its own (every write goes
-through it, so SQLite never sees two writers), and each transaction is one
-function run there: one hop there and back, however many statements its
-script has. The reader is used on the event loop's own thread: WAL lets it
-read beside the writer, and a read is microseconds of SQLite work, while a
-hop to another thread is several handovers of the GIL (sqlite3 releases it
-around every step and every column), each waiting up to a switch interval
-for a busy loop to let go. Under a run streaming at full speed that made a
-point read take ~75 ms and a reconnect's first replayed event ~175 ms
-(median; p95 ~1 s); read on the loop, ~4 ms and ~6 ms (bench/RESULTS.md).
-Reads are bounded (pages of at most a few thousand rows), so none holds the
-loop for long.
+Two connections, each on its own thread: one writes (every write goes through
+it, so SQLite never sees two writers), one reads (WAL lets readers run beside
+the writer, so a long replay never holds up a run's group commits). Each
+transaction and each read is one function run on its connection's thread:
+one hop there and back, however many statements its script has. (A hop per
+statement made the writer and the event loop hand the GIL to each other
+several times per group commit.)
 
 `synchronous=NORMAL` in WAL mode: a committed transaction survives the
 process being killed; only an OS crash or power loss can lose the last few.
@@ -194,7 +189,7 @@ class SQLiteDatabase:
         self.url = f"sqlite:///{path}"
         self._lock_file: IO[str] | None = None
         self._writer = ThreadConnection("tether-sqlite-writer")
-        self._reader: sqlite3.Connection | None = None
+        self._reader = ThreadConnection("tether-sqlite-reader")
         self._identity: tuple[int, int] | None = None
         self.problem: str | None = None
 
@@ -247,7 +242,7 @@ class SQLiteDatabase:
             await self._writer.close()
             self._writer = ThreadConnection("tether-sqlite-writer")
             raise self._corrupt(exc) from exc
-        self._reader = _connect(self.path)
+        await self._reader.open(self.path)
         self._identity = _identity(self.path)
 
     def _corrupt(self, exc: sqlite3.DatabaseError) -> StoreCorrupt:
@@ -257,21 +252,16 @@ class SQLiteDatabase:
         )
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        await self._reader.close()
         await self._writer.close()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the lock
             self._lock_file = None
 
     async def fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        # Executed, fetched and finished at once, with no await between: a statement left open would keep
+        # Executed, fetched and finished in one call: a statement left open across an await would keep
         # the reader's snapshot (its WAL read transaction) alive, and later reads would see stale data.
-        assert self._reader is not None, "store is not open"
-        rows = self._reader.execute(sql, args).fetchall()
-        await asyncio.sleep(0)  # a turn for the rest between one read and the next (a paged replay reads many)
-        return rows
+        return await self._reader.call(lambda conn: conn.execute(sql, args).fetchall())
 
     async def transaction(self, script: Script[T]) -> T:
         return await self._writer.call(_in_transaction(script, self._check_identity))
