@@ -299,7 +299,7 @@ def tether_process(tmp_path: Path, engines: Callable[[Path], dict[str, Any]]) ->
             proc.stop(signal.SIGKILL)
 
 
-async def wait_for_status(client, run_id: str, statuses: set[str], within: float = 30) -> dict:
+async def wait_for_status(client, run_id: str, statuses: set[str], within: float = 60) -> dict:
     deadline = time.monotonic() + within
     while True:
         run = await client.get_run(run_id)

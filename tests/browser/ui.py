@@ -156,7 +156,7 @@ async def eventually(read: Callable[[], Awaitable[Any]], expected: Any, within: 
 
 
 async def settled_runs(
-    base_url: str, thread_id: str, count: int, within: float = 30, token: str | None = None
+    base_url: str, thread_id: str, count: int, within: float = 60, token: str | None = None
 ) -> list[dict[str, Any]]:
     """The thread's runs, once there are `count` of them and none is active."""
     deadline = time.monotonic() + within
