@@ -101,7 +101,7 @@ const view = () => ({
 });
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-async function until(what, test, timeoutMs = 20000) {
+async function until(what, test, timeoutMs = 60000) {
   for (const deadline = Date.now() + timeoutMs; !test(); await sleep(10)) {
     if (Date.now() > deadline) {
       throw new Error(`timed out waiting for ${what}; the page: ${JSON.stringify({ ...view(), requests: page.requests })}`);
