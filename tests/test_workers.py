@@ -158,8 +158,9 @@ async def test_sigterm_hands_runs_over_without_waiting_for_the_lease(tether_proc
     leaving = tether_process("--lease", "30", data_dir=front.data_dir).start()
     async with TetherClient(front.url) as client:
         thread = await client.create_thread()
-        # Long enough to outlast the next worker's start on a loaded machine (several seconds).
-        run = await client.send(thread["id"], "/steps 60 ms=250")
+        # Long enough to outlast the next worker's start on a loaded machine (several seconds), and under
+        # pydantic-ai's default limit of 50 model requests per run (one per step, and one more).
+        run = await client.send(thread["id"], "/steps 45 ms=300")
         await wait_for_worker(client, run["run_id"], worker_id(leaving))
         staying = tether_process("--lease", "30", data_dir=front.data_dir).start()
         reader = Reader([front.url], thread["id"], run["run_id"])
@@ -187,7 +188,7 @@ async def test_a_frozen_worker_is_fenced_off_after_another_takes_its_run(tether_
     frozen = tether_process("--lease", "2", data_dir=front.data_dir).start()
     async with TetherClient(front.url) as client:
         thread = await client.create_thread()
-        run = await client.send(thread["id"], "/steps 48 ms=250")  # outlasts the heir's start
+        run = await client.send(thread["id"], "/steps 40 ms=300")  # outlasts the heir's start
         await wait_for_worker(client, run["run_id"], worker_id(frozen))
         heir = tether_process("--lease", "2", data_dir=front.data_dir).start()
         await asyncio.sleep(0.6)
