@@ -71,3 +71,21 @@ async def test_a_publish_wakes_the_subscribers_that_wait_and_only_them() -> None
     assert await idle.get(0) == ["x", "y"]
     late = bus.subscribe("c", 10)  # what was published before it subscribed is not its business
     assert await late.get(0) == []
+
+
+async def test_a_wake_up_reaches_the_subscribers_of_its_channel_waiting_or_not() -> None:
+    bus = MemoryBus()
+    waiting = asyncio.create_task(bus.subscribe("c", 10).get(30))
+    busy = bus.subscribe("c", 10)  # not in get() at the time: busy writing to its client
+    elsewhere = bus.subscribe("d", 10)
+    await asyncio.sleep(0)
+    bus.wake("c")
+    assert await asyncio.wait_for(waiting, 1) == []
+    assert await asyncio.wait_for(busy.get(30), 1) == []  # the wake-up was kept for it
+    again = asyncio.create_task(busy.get(30))  # and used up: this one waits
+    await asyncio.sleep(0)
+    assert not again.done()
+    again.cancel()
+    assert elsewhere.woken is False
+    bus.wake_all()
+    assert await asyncio.wait_for(elsewhere.get(30), 1) == []

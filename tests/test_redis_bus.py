@@ -58,6 +58,13 @@ async def collect(sub: MemorySubscription, count: int, within: float = 10) -> li
     return items
 
 
+async def followed(writer: RedisBus, channel: str) -> None:
+    """Wait until `writer` knows that another worker follows `channel` (only then does it publish there)."""
+    await eventually(
+        lambda: writer.followed_elsewhere(channel), 10, f"the announcement of {channel} reaches the writer"
+    )
+
+
 async def pending_get(sub: MemorySubscription, max_wait: float) -> asyncio.Task[list[Any]]:
     """A get() that is waiting (its waiter is set) when this returns."""
     task = asyncio.create_task(sub.get(max_wait))
@@ -109,6 +116,8 @@ async def test_events_reach_the_other_worker_in_order_and_the_publisher_once(bus
     a, b = await buses("a"), await buses("b")
     channel = thread_channel("thr_1")
     on_a, on_b = a.subscribe(channel, 10_000), b.subscribe(channel, 10_000)
+    await followed(a, channel)
+    await followed(b, channel)
     events = [event(seq) for seq in range(1, 2001)]
     for start in range(0, 2000, 10):
         a.publish(channel, events[start : start + 10])
@@ -127,7 +136,8 @@ async def test_feed_and_control_cross_workers_and_stay_within_their_prefix(buses
     a, b = await buses("a"), await buses("b")
     other_prefix = f"test:{uuid4().hex}:"
     other, other_peer = await buses("c", prefix=other_prefix), await buses("d", prefix=other_prefix)
-    feed_b = b.subscribe(FEED_CHANNEL, 100)
+    feed_b, thread_b = b.subscribe(FEED_CHANNEL, 100), b.subscribe(thread_channel("thr_1"), 100)
+    await followed(a, thread_channel("thr_1"))
     feed_other, thread_other = other.subscribe(FEED_CHANNEL, 100), other.subscribe(thread_channel("thr_1"), 100)
     to_a: list[dict[str, Any]] = []
     to_b: list[dict[str, Any]] = []
@@ -150,6 +160,7 @@ async def test_feed_and_control_cross_workers_and_stay_within_their_prefix(buses
     a.publish(thread_channel("thr_1"), [event(1)])
     a.send_control({"type": "run.cancel", "runId": "run_1"})
     assert await collect(feed_b, 2) == items
+    assert await collect(thread_b, 1) == [event(1)]
     await eventually(lambda: bool(to_b), 10, "b gets a's control message")
     assert to_b == [{"from": "a", "type": "run.cancel", "runId": "run_1"}]
 
@@ -165,11 +176,75 @@ async def test_feed_and_control_cross_workers_and_stay_within_their_prefix(buses
     assert await thread_other.get(0) == []
 
 
+async def test_a_thread_that_no_other_worker_follows_is_not_sent_to_redis(buses: MakeBus, prefix: str) -> None:
+    observer = Redis.from_url(SHARED_URL)
+    seen = observer.pubsub()
+    await seen.psubscribe(prefix + "*")
+    await seen.get_message(timeout=5)  # the confirmation
+    try:
+        a = await buses("a")
+        await buses("b")  # a peer, which follows nothing
+        on_a = a.subscribe(thread_channel("local"), 10)  # followed on a's own worker only
+        a.publish(thread_channel("local"), [event(1, "local")])
+        a.publish(FEED_CHANNEL, [FeedItem(1, "local", "run_1", "{}", "default")])  # the feed always goes
+        a.send_control({"type": "barrier"})  # after whatever a had sent before
+        channels: list[bytes] = []
+        while True:
+            message = await seen.get_message(timeout=5)
+            assert message is not None, f"only {channels} went through redis"
+            channels.append(message["channel"])
+            if message["channel"].endswith(b"control") and json.loads(message["data"])["type"] == "barrier":
+                break
+        assert (prefix + FEED_CHANNEL).encode() in channels
+        assert not [c for c in channels if b"thread:" in c], channels
+        assert await on_a.get(0) == [event(1, "local")]  # delivered locally all the same
+    finally:
+        await seen.aclose()
+        await observer.aclose()
+
+
+async def test_a_new_follower_elsewhere_is_nudged_to_read_what_was_not_sent(buses: MakeBus) -> None:
+    a, b = await buses("a"), await buses("b")
+    channel = thread_channel("thr_1")
+    on_b = b.subscribe(channel, 10)
+    a.publish(channel, [event(1)])  # before b's announcement can have reached a: not sent, committed all the same
+    assert not a.followed_elsewhere(channel)
+    assert await asyncio.wait_for(on_b.get(30), 10) == []  # nudged at once: its follower reads the store
+    await followed(a, channel)
+    a.publish(channel, [event(2)])
+    assert await collect(on_b, 1) == [event(2)]
+
+    # A nudge for a subscriber that is busy elsewhere (not in get()) is kept for its next get().
+    busy = b.subscribe(thread_channel("busy"), 10)
+    await followed(a, thread_channel("busy"))
+    got: list[dict[str, Any]] = []
+    b.on_control(got.append)
+    a.send_control({"type": "barrier"})  # sent after the nudge, through the same FIFO publisher
+    await eventually(lambda: bool(got), 10, "b gets a's barrier")
+    assert await asyncio.wait_for(busy.get(30), 1) == []
+
+
+async def test_announcements_are_renewed_heard_by_a_late_worker_and_expire(buses: MakeBus) -> None:
+    b = await buses("b", announce_every=0.3)  # announcements hold for 0.9 s
+    channel = thread_channel("thr_1")
+    on_b = b.subscribe(channel, 10)
+    a = await buses("a")  # started after the announcement: its hello asks for it again
+    took = await eventually(lambda: a.followed_elsewhere(channel), 10, "a hears of b's follower")
+    assert took < b.DEAD_AFTER * 5  # far sooner than a renewal every ANNOUNCE_EVERY (10 s) would tell it
+    for _ in range(10):  # renewed while b's follower stays: still followed two announcement lifetimes later
+        await asyncio.sleep(0.2)
+        assert a.followed_elsewhere(channel)
+    on_b.close()
+    await eventually(lambda: not a.followed_elsewhere(channel), 10, "b's announcement expires once nobody follows")
+
+
 async def test_a_prefix_with_glob_characters_matches_only_itself(buses: MakeBus) -> None:
     base = f"test:{uuid4().hex}:"
     starred, starred_peer = await buses("a", prefix=base + "a*"), await buses("b", prefix=base + "a*")
     plain, plain_peer = await buses("c", prefix=base + "ab"), await buses("d", prefix=base + "ab")
     on_starred, on_plain = starred.subscribe(thread_channel("x"), 10), plain_peer.subscribe(thread_channel("x"), 10)
+    await followed(plain, thread_channel("x"))
+    await followed(starred_peer, thread_channel("x"))
     plain.publish(thread_channel("x"), [event(1, "x")])  # its channel matches an unescaped `…a*thread:*`
     assert await collect(on_plain, 1) == [event(1, "x")]
     starred_peer.publish(thread_channel("x"), [event(2, "x")])
@@ -184,12 +259,15 @@ async def test_only_channels_followed_here_are_decoded(buses: MakeBus, monkeypat
         return decode(channel, payload)
 
     monkeypatch.setattr(redis_bus, "decode", counting_decode)
-    a, b = await buses("a"), await buses("b")
-    followed = b.subscribe(thread_channel("followed"), 10)
-    a.publish(thread_channel("unfollowed"), [event(1, "unfollowed")])
+    a, b, c = await buses("a"), await buses("b"), await buses("c")
+    on_b, on_c = b.subscribe(thread_channel("followed"), 10), c.subscribe(thread_channel("elsewhere"), 10)
+    await followed(a, thread_channel("followed"))
+    await followed(a, thread_channel("elsewhere"))
+    a.publish(thread_channel("elsewhere"), [event(1, "elsewhere")])  # reaches b too (one pattern), unread there
     a.publish(thread_channel("followed"), [event(1, "followed")])
-    assert await collect(followed, 1) == [event(1, "followed")]
-    assert decoded == [thread_channel("followed")]
+    assert await collect(on_b, 1) == [event(1, "followed")]
+    assert await collect(on_c, 1) == [event(1, "elsewhere")]
+    assert sorted(decoded) == [thread_channel("elsewhere"), thread_channel("followed")]  # once each
 
 
 async def test_a_flooded_subscriber_overflows_as_with_the_memory_bus(buses: MakeBus) -> None:
@@ -198,6 +276,7 @@ async def test_a_flooded_subscriber_overflows_as_with_the_memory_bus(buses: Make
     overflows: list[str] = []
     on_a = a.subscribe(channel, 50, lambda: overflows.append("a"))
     on_b = b.subscribe(channel, 50, lambda: overflows.append("b"))
+    await followed(a, channel)
     for start in range(0, 100, 10):
         a.publish(channel, [event(seq) for seq in range(start + 1, start + 11)])
     await eventually(lambda: on_b.overflowed, 10, "b's subscription overflows")
@@ -213,7 +292,11 @@ async def test_dropped_messages_make_the_other_workers_look_again(
     a, b = await buses("a", max_queued=2), await buses("b")
     busy = thread_channel("busy")
     on_busy = b.subscribe(busy, 100)
-    waiting = await pending_get(b.subscribe(thread_channel("quiet"), 100), 30)
+    quiet = b.subscribe(thread_channel("quiet"), 100)
+    await followed(a, busy)
+    await followed(a, thread_channel("quiet"))
+    await asyncio.wait_for(quiet.get(30), 10)  # a's nudge for its new follower
+    waiting = await pending_get(quiet, 30)
 
     for seq in range(1, 6):
         a.publish(busy, [event(seq, "busy")])  # before the publisher runs: the queue keeps the last two
@@ -233,8 +316,10 @@ async def test_dropped_messages_make_the_other_workers_look_again(
 async def test_an_item_that_cannot_be_framed_is_delivered_locally_and_resynced(buses: MakeBus) -> None:
     a, b = await buses("a"), await buses("b")
     channel = thread_channel("thr_1")
-    on_a = a.subscribe(channel, 10)
-    waiting = await pending_get(b.subscribe(channel, 10), 30)
+    on_a, on_b = a.subscribe(channel, 10), b.subscribe(channel, 10)
+    await followed(a, channel)
+    await asyncio.wait_for(on_b.get(30), 10)  # a's nudge for its new follower
+    waiting = await pending_get(on_b, 30)
     bad = event(1, data='{"raw":"\t"}')  # a raw tab, as no JSON encoder would write
     a.publish(channel, [bad])  # does not raise
     assert await on_a.get(0) == [bad]
@@ -247,6 +332,9 @@ async def test_redis_restart(private_redis: PrivateRedis, buses: MakeBus, caplog
     a, b = await buses("a", url=private_redis.url), await buses("b", url=private_redis.url)
     channel = thread_channel("thr_1")
     on_a, on_b = a.subscribe(thread_channel("quiet"), 100), b.subscribe(channel, 10_000)
+    b.subscribe(thread_channel("outage"), 10_000)  # so that a queues what it publishes there
+    for writer, followed_channel in ((a, channel), (a, thread_channel("outage")), (b, thread_channel("quiet"))):
+        await followed(writer, followed_channel)
     a.publish(channel, [event(1)])
     assert await collect(on_b, 1) == [event(1)]
     waiting = await pending_get(on_b, 30)
@@ -259,6 +347,7 @@ async def test_redis_restart(private_redis: PrivateRedis, buses: MakeBus, caplog
     for seq in range(2, 2002):
         a.publish(thread_channel("outage"), [event(seq, "outage")])  # neither blocks nor raises
     assert time.perf_counter() - started < 1
+    assert await on_a.get(0) == []  # the lost connection's wake-up, kept for it since it was not waiting
     # Pending while Redis is down; only the reconnection can wake them (nothing is published on these).
     waiting_a, waiting_b = await pending_get(on_a, 30), await pending_get(on_b, 30)
 

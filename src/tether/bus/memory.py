@@ -28,13 +28,15 @@ class MemorySubscription:
         self.maxsize = maxsize
         self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
+        self.woken = False
+        """Set by Channel.wake(): the next get() returns at once, so that its follower looks in the store."""
         self._on_overflow = on_overflow
 
     async def get(self, max_wait: float) -> list[Any]:
         # One future and one timer per wait: wait_for(Event.wait()) would cost a task, an event and a
         # timer each time.
         channel = self._channel
-        if self.position == channel.end and not self.overflowed:
+        if self.position == channel.end and not self.overflowed and not self.woken:
             loop = asyncio.get_running_loop()
             self._waiter = waiter = loop.create_future()
             channel.waiting.add(self)
@@ -45,6 +47,7 @@ class MemorySubscription:
                 timer.cancel()
                 channel.waiting.discard(self)
                 self._waiter = None
+        self.woken = False
         if self.overflowed:
             return []
         items = channel.items[self.position - channel.start :]
@@ -102,6 +105,14 @@ class Channel:
         self.start = oldest
         self._trim_at = len(self.items) + max(TRIM_EVERY, len(self.subscribers))
 
+    def wake(self) -> None:
+        """End every subscriber's pending or next get() now, with what it has (often [])."""
+        for sub in self.subscribers:
+            sub.woken = True
+        waiting, self.waiting = self.waiting, set()
+        for sub in waiting:
+            _wake(sub._waiter)
+
     def unsubscribe(self, sub: MemorySubscription) -> None:
         self.subscribers.discard(sub)
         self.waiting.discard(sub)
@@ -152,14 +163,23 @@ class MemoryBus:
         found = self._channels.get(channel)
         return len(found.subscribers) if found is not None else 0
 
-    def wake_all(self) -> None:
-        """End every pending get() now, with what it has (usually []), so that its follower looks again.
+    def channels(self) -> list[str]:
+        """The channels that someone follows here."""
+        return list(self._channels)
+
+    def wake(self, channel: str) -> None:
+        """Make each subscriber of `channel` return from its pending or next get() at once.
 
         The Redis bus calls this when live delivery from other workers may have missed items, so that
-        each follower re-reads the store instead of waiting out its keep-alive. A subscription that is
-        not waiting at this moment is not affected.
+        each follower re-reads the store instead of waiting out its keep-alive. A subscriber that is
+        not waiting (it is busy writing to its client) returns at once from its next get(), so that a
+        wake-up is never lost between two waits.
         """
+        found = self._channels.get(channel)
+        if found is not None:
+            found.wake()
+
+    def wake_all(self) -> None:
+        """wake() every channel."""
         for found in self._channels.values():
-            waiting, found.waiting = found.waiting, set()
-            for sub in waiting:
-                _wake(sub._waiter)
+            found.wake()

@@ -13,6 +13,16 @@ worker already receives everything, and it decodes only what some local subscrip
 Within a process, delivery goes through a MemoryBus at once; Redis carries the same items to the
 other workers, and a worker ignores its own messages when they come back.
 
+A thread's events go to Redis only while another worker follows that thread (with one worker, or
+when every reader is on the writer's worker, Redis costs nothing). Each worker announces the thread
+channels its clients follow on the control channel: when a channel gains its first local follower,
+every ANNOUNCE_EVERY seconds after that, and when another worker says hello (at its start and after
+each reconnect). An announcement holds for three intervals. A follower never waits on this: it
+reads the store after subscribing, and a worker that learns of a new follower sends that channel a
+nudge (an empty message) through its one FIFO publisher, after anything it had published before;
+the nudge makes the follower read the store again, and so finds any event that was committed before
+the announcement arrived and therefore not published. After the nudge, every commit is published.
+
 Losses are made visible, so that followers re-read the store instead of waiting for a next item
 that may never come:
 - while the pub/sub connection is down, `healthy` is False; when it goes down and again when it is
@@ -34,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +65,10 @@ THREAD_PREFIX = "thread:"
 CONTROL_CHANNEL = "control"
 RESYNC = "tether.bus.resync"
 """The `type` of the control message a worker sends after it dropped messages (never given to handlers)."""
+FOLLOW = "tether.bus.follow"
+"""The `type` of an announcement: "channels" that the sender's clients follow, for "ttl" seconds."""
+HELLO = "tether.bus.hello"
+"""The `type` of the message by which a worker that (re)connected asks the others to announce."""
 
 
 class RedisUnavailable(RuntimeError):
@@ -84,8 +99,11 @@ class RedisBus:
     MAX_BATCH = 1_000
     FLUSH_TIMEOUT = 1.0
     """How long close() lets the publisher send what is queued."""
+    CHANNELS_PER_ANNOUNCEMENT = 500
 
-    def __init__(self, url: str, *, prefix: str, worker_id: str, max_queued: int = 10_000) -> None:
+    def __init__(
+        self, url: str, *, prefix: str, worker_id: str, max_queued: int = 10_000, announce_every: float = 10.0
+    ) -> None:
         if not worker_id or not all("!" <= c <= "~" for c in worker_id):
             # It ends the payload's first line, and Redis accepts only such names for CLIENT SETNAME.
             raise ValueError(f"worker_id must be printable ASCII without spaces, not {worker_id!r}")
@@ -103,6 +121,11 @@ class RedisBus:
         self._feed_key_b = self._feed_key.encode()
         self._control_key_b = self._control_key.encode()
         self._resync = json.dumps({"from": worker_id, "type": RESYNC})
+        self._hello = json.dumps({"from": worker_id, "type": HELLO})
+        self._nudge = worker_id + "\n"
+        self._announce_every = announce_every
+        self._followed_elsewhere: dict[str, dict[str, float]] = {}
+        """Thread channel -> the other workers that follow it -> when their announcement expires."""
         self._memory = MemoryBus()
         self._handlers: list[Callable[[dict[str, Any]], None]] = []
         self._queue: deque[tuple[str, str]] = deque(maxlen=max_queued)
@@ -121,6 +144,7 @@ class RedisBus:
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
         self._closed = False
 
     async def start(self) -> None:
@@ -133,8 +157,10 @@ class RedisBus:
             await self._client.connection_pool.disconnect()
             raise RedisUnavailable(f"Redis at {self._where} is unavailable: {_reason(error)}") from error
         self.healthy = True
+        self._enqueue(self._control_key, self._hello)
         self._reader = asyncio.create_task(self._read_forever(), name=f"tether-bus-reader:{self._worker_id}")
         self._publisher = asyncio.create_task(self._publish_forever(), name=f"tether-bus-publisher:{self._worker_id}")
+        self._announcer = asyncio.create_task(self._announce_forever(), name=f"tether-bus-announcer:{self._worker_id}")
         log.info("worker %s: live delivery through redis at %s", self._worker_id, self._where)
 
     async def close(self) -> None:
@@ -147,15 +173,20 @@ class RedisBus:
         if self._publisher is not None:
             await asyncio.wait({self._publisher}, timeout=self.FLUSH_TIMEOUT)
             await _stop(self._publisher)
-        if self._reader is not None:
-            await _stop(self._reader)
+        for task in (self._reader, self._announcer):
+            if task is not None:
+                await _stop(task)
         await self._discard_pubsub()
         await self._client.aclose()
 
     def subscribe(
         self, channel: str, maxsize: int, on_overflow: Callable[[], None] | None = None
     ) -> MemorySubscription:
-        return self._memory.subscribe(channel, maxsize, on_overflow)
+        first = channel.startswith(THREAD_PREFIX) and not self._memory.audience(channel)
+        subscription = self._memory.subscribe(channel, maxsize, on_overflow)
+        if first:
+            self._announce([channel])
+        return subscription
 
     def audience(self, channel: str) -> int:
         return self._memory.audience(channel)
@@ -163,7 +194,7 @@ class RedisBus:
     def publish(self, channel: str, items: list[Event] | list[FeedItem]) -> None:
         """Deliver to local subscribers now, and queue the items for the other workers."""
         self._memory.publish(channel, items)
-        if not items or self._closed or not (channel == FEED_CHANNEL or channel.startswith(THREAD_PREFIX)):
+        if not items or self._closed or not (channel == FEED_CHANNEL or self.followed_elsewhere(channel)):
             return
         try:
             payload = encode(self._worker_id, channel, items)
@@ -182,6 +213,51 @@ class RedisBus:
 
     def on_control(self, handler: Callable[[dict[str, Any]], None]) -> None:
         self._handlers.append(handler)
+
+    def followed_elsewhere(self, channel: str) -> bool:
+        """Whether another worker has announced, and not let expire, that its clients follow `channel`."""
+        followers = self._followed_elsewhere.get(channel)
+        if not followers:
+            return False
+        if max(followers.values()) > time.monotonic():
+            return True
+        del self._followed_elsewhere[channel]
+        return False
+
+    # Presence
+
+    def _announce(self, channels: list[str]) -> None:
+        ttl = 3 * self._announce_every
+        step = self.CHANNELS_PER_ANNOUNCEMENT
+        for start in range(0, len(channels), step):
+            chunk = channels[start : start + step]
+            self._enqueue(
+                self._control_key, json.dumps({"from": self._worker_id, "type": FOLLOW, "channels": chunk, "ttl": ttl})
+            )
+
+    def _announce_all(self) -> None:
+        self._announce([channel for channel in self._memory.channels() if channel.startswith(THREAD_PREFIX)])
+
+    async def _announce_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._announce_every)
+            self._announce_all()
+            now = time.monotonic()
+            for channel, followers in list(self._followed_elsewhere.items()):
+                if max(followers.values()) <= now:
+                    del self._followed_elsewhere[channel]
+
+    def _on_follow(self, worker: str, channels: list[str], ttl: float) -> None:
+        now = time.monotonic()
+        for channel in channels:
+            if not channel.startswith(THREAD_PREFIX):
+                continue
+            followers = self._followed_elsewhere.setdefault(channel, {})
+            if followers.get(worker, 0.0) <= now:
+                # New to us: what we committed before now was not published; the nudge, sent after it
+                # all, makes that worker's followers read it from the store.
+                self._enqueue(self._prefix + channel, self._nudge)
+            followers[worker] = now + ttl
 
     # Publishing
 
@@ -223,6 +299,7 @@ class RedisBus:
             if self._resync_needed:
                 self._resync_needed = False
                 batch.insert(0, (self._control_key, self._resync))
+                self._announce_all()  # in case an announcement was among what was dropped
             try:
                 await self._send(batch)
             except Exception as error:
@@ -309,6 +386,8 @@ class RedisBus:
             # each would cost one dropped message to find out. Drop them now; in-use ones are left alone.
             await self._client.connection_pool.disconnect(inuse_connections=False)
             self.healthy = True
+            self._enqueue(self._control_key, self._hello)  # announcements sent meanwhile were lost
+            self._announce_all()
             log.info("worker %s: redis at %s reachable again; live delivery resumed", self._worker_id, self._where)
             self._memory.wake_all()
 
@@ -349,7 +428,11 @@ class RedisBus:
         if payload.startswith(self._own):
             return  # ours: delivered locally when published
         channel = key[self._prefix_len :].decode()
-        if self._memory.audience(channel):
+        if not self._memory.audience(channel):
+            return
+        if payload.endswith(b"\n"):
+            self._memory.wake(channel)  # a nudge: look in the store
+        else:
             self._memory.publish(channel, decode(channel, payload))
 
     def _on_control_message(self, payload: bytes) -> None:
@@ -358,8 +441,15 @@ class RedisBus:
             raise ValueError(f"a control message must be a JSON object, not {payload[:100]!r}")
         if message.get("from") == self._worker_id:
             return
-        if message.get("type") == RESYNC:
+        kind = message.get("type")
+        if kind == RESYNC:
             self._memory.wake_all()
+            return
+        if kind == FOLLOW:
+            self._on_follow(message["from"], message["channels"], float(message["ttl"]))
+            return
+        if kind == HELLO:
+            self._announce_all()
             return
         for handler in list(self._handlers):
             try:
@@ -378,6 +468,7 @@ class RedisBus:
 # seq, thread_id, run_id ("" for None), user_id, data. `data` is compact JSON text, and JSON escapes every
 # control character inside strings, so it never holds a raw tab or newline; ids and event types
 # are plain words. encode() checks the counts anyway, so a stray tab can never shift a field.
+# A nudge is the origin line alone ("w1\n"): no item payload ends with a newline.
 
 
 def encode(origin: str, channel: str, items: list[Event] | list[FeedItem]) -> str:
