@@ -20,8 +20,8 @@ is measured):
            took the POST executes the run (usually: it is woken first).
 
 Every server gets `--max-runs 2000` (no run waits in the queue; with two workers each executes the runs it
-claims, so their capacities are measured together; the split is shown), `--log-level warning` and
-`--request-limit 1000`; each has a data directory of its own.
+claims, so their capacities are measured together; the split is shown), `--log-level warning`,
+`--request-limit 1000` and `--max-streams 5000`; each has a data directory of its own.
 
 (a) one stream's events/s: `/stream 20000` (no delay) read from `GET /v1/runs/{rid}/stream`; events/s
     from the first to the last event at the client; median of 3 (configurations alternated).
@@ -35,7 +35,9 @@ claims, so their capacities are measured together; the split is shown), `--log-l
     of 0; steps 50, 100, 150, … until one fails. Also shown: the most runs executing at once on each worker
     (GET /healthz `runs`, sampled every second), streams that ended without RUN_FINISHED (cut off), runs
     that ended in RUN_ERROR and clients that saw no end a minute after it was due (stalled); a step with a
-    RUN_ERROR or a stalled client fails.
+    RUN_ERROR or a stalled client fails. And the CPU each step cost per 1,000 events that reached the clients:
+    the servers' processes, and PostgreSQL's and Redis's (all their processes, /proc/PID/stat): less noisy
+    than the ladder, which moves a step with a few stalls.
     Ratios PG 1w / SQLite (aim ≥ 0.7) and PG 2w / SQLite (aim ≥ 1.5).
 (d) takeover after SIGKILL, `--lease 5`: worker A (`--max-runs 0`: API and streams only), then B start;
     `/steps 20 ms=200` is posted via A and seen executing on B (GET /v1/runs/{rid}: `worker`); then C
@@ -201,7 +203,8 @@ class Server:
         self.data_dir.mkdir(parents=True)
         self.log_path = res.tmp / f"{name}.log"
         args = [sys.executable, "-m", "tether", "serve", "--port", "0", "--data-dir", str(self.data_dir)]
-        args += ["--log-level", "warning", "--request-limit", "1000", *flags]
+        # --max-streams: every client is the one default user, and the capacity ladder goes past 100 streams.
+        args += ["--log-level", "warning", "--request-limit", "1000", "--max-streams", "5000", *flags]
         with self.log_path.open("wb") as log:
             # A session of its own: Ctrl-C reaches this script, which then kills the servers itself.
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -306,11 +309,14 @@ async def start_cluster(res: Resources, config: str) -> Cluster:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(skip: set[int], with_db: bool) -> dict[int, float]:
-    """CPU seconds so far of every process but `skip` and kernel threads (and PostgreSQL and Redis unless with_db)."""
+DATABASES = ("postgres", "redis-server")
+
+
+def processes() -> dict[int, tuple[str, float]]:
+    """Every process but kernel threads: its command name and the CPU seconds it has used so far."""
     out = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in skip:
+        if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat") as f:
@@ -320,10 +326,25 @@ def cpu_seconds(skip: set[int], with_db: bool) -> dict[int, float]:
         comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
         if int(fields[6]) & 0x00200000:  # PF_KTHREAD
             continue
-        if not with_db and comm in ("postgres", "redis-server"):
-            continue
-        out[int(name)] = (int(fields[11]) + int(fields[12])) / TICK
+        out[int(name)] = (comm, (int(fields[11]) + int(fields[12])) / TICK)
     return out
+
+
+def cpu_seconds(skip: set[int], with_db: bool) -> dict[int, float]:
+    """CPU seconds so far of every process but `skip` and kernel threads (and PostgreSQL and Redis unless with_db)."""
+    return {
+        pid: used for pid, (comm, used) in processes().items() if pid not in skip and (with_db or comm not in DATABASES)
+    }
+
+
+def cluster_cpu(cluster: Cluster) -> tuple[float, float]:
+    """CPU seconds so far of the cluster's servers, and of PostgreSQL and Redis (all their processes)."""
+    pids = {server.proc.pid for server in cluster.servers}
+    found = processes()
+    return (
+        sum(used for pid, (_, used) in found.items() if pid in pids),
+        sum(used for comm, used in found.values() if comm in DATABASES),
+    )
 
 
 class LoadMeter:
@@ -522,6 +543,8 @@ class Step:
     failed: int
     stalled: int
     load: float | None
+    cpu_per_k: tuple[float, float]
+    """CPU milliseconds per 1,000 events delivered: the servers', and PostgreSQL's and Redis's."""
 
     @property
     def ok(self) -> bool:
@@ -535,6 +558,8 @@ class StepResult:
     cut_off: int = 0
     failed: int = 0
     stalled: list[dict[str, Any]] = field(default_factory=list)
+    events: int = 0
+    """Events that reached the clients."""
 
 
 async def capacity_step(cluster: Cluster, runs: int, words: int) -> StepResult:
@@ -566,6 +591,7 @@ async def capacity_step(cluster: Cluster, runs: int, words: int) -> StepResult:
                     gaps.extend([0.0] * (arrived - 1))
                 if arrived:
                     last[:] = [now]
+                    result.events += arrived
 
             await until_finished(await open_stream(read, f"/v1/runs/{run}/stream", on_data), at_end, 0.0)
             if errored.count:
@@ -611,19 +637,30 @@ async def ladder(res: Resources, cluster: Cluster, plan: Plan) -> list[Step]:
             await wait_quiet(res, plan)
             gc.collect()
             meter = LoadMeter(res, with_db=False)
+            cpu_before = cluster_cpu(cluster)
             result = await capacity_step(cluster, runs, plan.capacity_words)
+            cpu_after = cluster_cpu(cluster)
             load = meter.load()
             if load < LOADED or attempt == plan.repeats:
                 break
             print(f"    {runs} runs: other processes used {load:.0%} of a core meanwhile; again", flush=True)
+        per_k = tuple(1e6 * (b - a) / max(result.events, 1) for a, b in zip(cpu_before, cpu_after, strict=True))
         step = Step(
-            runs, quantile(result.gaps, 0.99), result.split, result.cut_off, result.failed, len(result.stalled), load
+            runs,
+            quantile(result.gaps, 0.99),
+            result.split,
+            result.cut_off,
+            result.failed,
+            len(result.stalled),
+            load,
+            (per_k[0], per_k[1]),
         )
         steps.append(step)
         print(
             f"    {CONFIGS[cluster.config]:7} {runs:4d} runs: p99 gap {step.p99 * 1000:5.0f} ms, executing "
             f"{'/'.join(map(str, step.split))} at most; {step.failed} RUN_ERROR, {step.cut_off} cut off, "
-            f"{step.stalled} stalled; others {load:.0%} of a core",
+            f"{step.stalled} stalled; others {load:.0%} of a core; CPU per 1,000 events: servers "
+            f"{step.cpu_per_k[0]:.0f} ms, PostgreSQL and Redis {step.cpu_per_k[1]:.0f} ms",
             flush=True,
         )
         report_logs(cluster.servers)
@@ -883,6 +920,10 @@ async def part_c(res: Resources, clusters: dict[str, Cluster], plan: Plan) -> No
             (
                 "streams cut off (no RUN_FINISHED)",
                 [str(best[c].cut_off) if best[c] else "-" for c in clusters],
+            ),
+            (
+                "CPU ms per 1,000 events at capacity: servers / PG + Redis",
+                [f"{best[c].cpu_per_k[0]:.0f} / {best[c].cpu_per_k[1]:.0f}" if best[c] else "-" for c in clusters],
             ),
             ("ratio to SQLite", [ratio(runs[c], base) + open_ended(c) + aims.get(c, "") for c in clusters]),
         ],
