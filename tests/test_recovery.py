@@ -63,6 +63,8 @@ class Reader:
         self.events: list[tuple[int, str]] = []
         self.reconnects = 0
         self.status_at_crash = ""
+        self._current_run: str | None = None
+        """The run whose events the stream carries now: the runId of the last RUN_STARTED."""
 
     async def read(self) -> None:
         last = 0
@@ -84,12 +86,15 @@ class Reader:
                 await asyncio.sleep(0.1)
 
     def _finished(self, line: str) -> bool:
+        # AG-UI's RUN_ERROR carries no runId: it ends the run that started last (one active run per thread).
         data = json.loads(line[6:])
-        return (
-            data["type"] in ("RUN_FINISHED", "RUN_ERROR")
-            and data.get("runId") == self.run_id
-            and (data.get("outcome", {}).get("type") != "interrupt")
-        )
+        if data["type"] == "RUN_STARTED":
+            self._current_run = data.get("runId")
+        if self._current_run != self.run_id:
+            return False
+        if data["type"] == "RUN_ERROR":
+            return True
+        return data["type"] == "RUN_FINISHED" and data.get("outcome", {}).get("type") != "interrupt"
 
 
 async def full_log(url: str, thread_id: str) -> list[tuple[int, str]]:
