@@ -644,7 +644,9 @@ async def ladder(res: Resources, cluster: Cluster, plan: Plan) -> list[Step]:
             if load < LOADED or attempt == plan.repeats:
                 break
             print(f"    {runs} runs: other processes used {load:.0%} of a core meanwhile; again", flush=True)
-        per_k = tuple(1e6 * (b - a) / max(result.events, 1) for a, b in zip(cpu_before, cpu_after, strict=True))
+        servers, databases = (
+            1e6 * (after - before) / max(result.events, 1) for before, after in zip(cpu_before, cpu_after, strict=True)
+        )
         step = Step(
             runs,
             quantile(result.gaps, 0.99),
@@ -653,7 +655,7 @@ async def ladder(res: Resources, cluster: Cluster, plan: Plan) -> list[Step]:
             result.failed,
             len(result.stalled),
             load,
-            (per_k[0], per_k[1]),
+            (servers, databases),
         )
         steps.append(step)
         print(

@@ -114,7 +114,9 @@ class RedisBus:
         self._where = _redact(url)
         self._prefix = prefix
         self._prefix_len = len(prefix.encode())
-        self._own = (worker_id + "\n").encode()
+        self._nudge = worker_id + "\n"
+        """A payload of no items: the origin line alone (see the wire format below)."""
+        self._own = self._nudge.encode()
         self._thread_pattern = _glob_escape(prefix) + THREAD_PREFIX + "*"
         self._feed_key = prefix + FEED_CHANNEL
         self._control_key = prefix + CONTROL_CHANNEL
@@ -122,7 +124,6 @@ class RedisBus:
         self._control_key_b = self._control_key.encode()
         self._resync = json.dumps({"from": worker_id, "type": RESYNC})
         self._hello = json.dumps({"from": worker_id, "type": HELLO})
-        self._nudge = worker_id + "\n"
         self._announce_every = announce_every
         self._followed_elsewhere: dict[str, dict[str, float]] = {}
         """Thread channel -> the other workers that follow it -> when their announcement expires."""
@@ -242,10 +243,8 @@ class RedisBus:
         while True:
             await asyncio.sleep(self._announce_every)
             self._announce_all()
-            now = time.monotonic()
-            for channel, followers in list(self._followed_elsewhere.items()):
-                if max(followers.values()) <= now:
-                    del self._followed_elsewhere[channel]
+            for channel in list(self._followed_elsewhere):
+                self.followed_elsewhere(channel)  # forgets the channel if every announcement expired
 
     def _on_follow(self, worker: str, channels: list[str], ttl: float) -> None:
         now = time.monotonic()
