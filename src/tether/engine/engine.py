@@ -38,7 +38,7 @@ from tether.engine.runner import dump_history, load_history
 from tether.engine.streams import REPLAY_PAGE, Follower
 from tether.engine.worker import Worker
 from tether.errors import BadRequest, Conflict, Gone, NotFound, TooLarge, TooMany, Unavailable, Unprocessable
-from tether.events import feed_notice
+from tether.events import Event, feed_notice
 from tether.metrics import Metrics
 from tether.store import (
     ACTIVE_STATUSES,
@@ -596,24 +596,36 @@ class Engine:
     # streams
 
     async def follow_thread(self, thread_id: str, user: str, after: int) -> Follower:
-        await self.get_thread(thread_id, user)
-        await self._check_after(after, await self.store.last_seq(thread_id))
+        # A thread whose run this worker holds is answered from its tail in memory where it can be
+        # (engine/recent.py): a reconnect beside a busy run then waits for no read.
+        tail = self.journal.recent.tail(thread_id)
+        if tail is not None and tail.owner is not None:
+            if tail.owner != user:
+                raise NotFound(f"thread {thread_id!r} not found")
+        else:
+            thread = await self.get_thread(thread_id, user)
+            if tail is not None:
+                tail.owner = thread.user_id
+        if tail is None or after > tail.last:  # the tail can tell an id is not ahead of the log, never that it is
+            await self._check_after(after, await self.store.last_seq(thread_id))
         return self._follower(
             user,
             after,
             channel=thread_channel(thread_id),
-            read=lambda after_, limit: self.store.read_events(thread_id, after_, limit),
+            read=lambda after_, limit: self._read_events(thread_id, after_, limit),
             over=lambda: self._is_gone(thread_id),
         )
 
     async def follow_run(self, run_id: str, user: str, after: int) -> Follower:
         run = await self.get_run(run_id, user)
-        await self._check_after(after, await self.store.last_seq(run.thread_id))
+        tail = self.journal.recent.tail(run.thread_id)
+        if tail is None or after > tail.last:
+            await self._check_after(after, await self.store.last_seq(run.thread_id))
         return self._follower(
             user,
             after,
             channel=thread_channel(run.thread_id),
-            read=lambda after_, limit: self.store.read_events(run.thread_id, after_, limit, run_id=run_id),
+            read=lambda after_, limit: self._read_events(run.thread_id, after_, limit, run_id),
             keep=lambda event: event.run_id == run_id,
             over=lambda: self._has_ended(run_id),
             ends=lambda event: event.run_id == run_id and _ends_run(event),
@@ -685,8 +697,14 @@ class Engine:
     async def last_feed_seq(self) -> int:
         return await self.store.last_feed_seq()
 
+    async def _read_events(self, thread_id: str, after: int, limit: int, run_id: str | None = None) -> list[Event]:
+        recent = self.journal.recent.read(thread_id, after, limit, run_id)
+        return recent if recent is not None else await self.store.read_events(thread_id, after, limit, run_id=run_id)
+
     async def _is_gone(self, thread_id: str) -> bool:
-        return await self.store.get_thread(thread_id) is None
+        # A thread this worker writes is not gone: deleting a thread ends its runs first (and, on this
+        # worker, forgets its tail).
+        return self.journal.recent.tail(thread_id) is None and await self.store.get_thread(thread_id) is None
 
     async def _has_ended(self, run_id: str) -> bool:
         """Whether a run is over (ended, or deleted with its thread): its stream ends once it has sent

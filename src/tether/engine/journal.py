@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tether.bus import FEED_CHANNEL, Bus, thread_channel
+from tether.engine.recent import RecentEvents
 from tether.events import Event, FeedItem, feed_notice
 from tether.faults import crash_point
 from tether.metrics import Metrics
@@ -93,6 +94,8 @@ class Journal:
         self._pending = WriteBatch()
         self._waiters: list[asyncio.Future[None]] = []
         self._next_seq: dict[str, int] = {}
+        self.recent = RecentEvents()
+        """The last events committed of each thread whose run this worker holds (reads that need no store)."""
         self._failures: dict[str, BaseException] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -116,22 +119,28 @@ class Journal:
     async def open_thread(self, thread_id: str) -> None:
         """Load a thread's sequence counter; call before appending its first event."""
         if thread_id not in self._next_seq:
-            self._next_seq[thread_id] = await self._store.last_seq(thread_id) + 1
+            last = await self._store.last_seq(thread_id)
+            if thread_id not in self._next_seq:  # not loaded by another caller meanwhile
+                self._next_seq[thread_id] = last + 1
+                self.recent.start(thread_id, last)
 
     def forget_thread(self, thread_id: str) -> None:
         """Drop a thread's counter and any failure mark; `open_thread` reloads it from what was committed."""
         self._next_seq.pop(thread_id, None)
         self._failures.pop(thread_id, None)
+        self.recent.forget(thread_id)
 
-    def hold(self, lease: Lease) -> None:
+    def hold(self, lease: Lease, thread_id: str) -> None:
         """Write this run's items under its lease from now on (the store checks it at every commit)."""
         self._leases[lease.run_id] = lease
         self._lost.discard(lease.run_id)
+        self.recent.hold(lease.run_id, thread_id)
 
     def release(self, run_id: str) -> None:
         """The run's execution here has ended. (If its lease was lost, it stays marked: nothing of it
         that is still pending may be written without the lease.)"""
         self._leases.pop(run_id, None)
+        self.recent.release(run_id)
 
     def lost(self, run_id: str) -> bool:
         return run_id in self._lost
@@ -140,6 +149,8 @@ class Journal:
         """These runs' leases are gone: drop what of them is pending, and refuse anything more."""
         self._lost.update(run_ids)
         _drop_runs(self._pending, set(run_ids))
+        for run_id in run_ids:
+            self.recent.release(run_id)
 
     def event(self, thread_id: str, run_id: str, type_: str, data: str) -> Event:
         if run_id in self._lost:
@@ -269,6 +280,7 @@ class Journal:
                 for thread_id in threads:
                     self._failures[thread_id] = exc
                     self._next_seq.pop(thread_id, None)
+                    self.recent.forget(thread_id)
                 self._drop_pending(threads)
                 _resolve(waiters, JournalError(f"write failed: {exc}"))
                 continue
@@ -350,6 +362,7 @@ class Journal:
         for event in batch.events:
             by_thread[event.thread_id].append(event)
         for thread_id, events in by_thread.items():
+            self.recent.committed(thread_id, events)
             self._bus.publish(thread_channel(thread_id), events)
         if feed:
             self._bus.publish(FEED_CHANNEL, feed)

@@ -153,22 +153,22 @@ class Worker:
         for task in late:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        late_runs = [lease for _, task, lease in executions.values() if task in late]
+        late_runs = [(runner, lease) for runner, task, lease in executions.values() if task in late]
         if late_runs:
             log.warning(
                 "%d run(s) did not reach a step boundary within %.0fs; handed over where they were",
                 len(late_runs),
                 grace,
             )
-            for lease in late_runs:
+            for runner, lease in late_runs:
                 if not self._journal.lost(lease.run_id):  # a lost one is another worker's already
-                    self._journal.hold(lease)
+                    self._journal.hold(lease, runner.run.thread_id)
                     self._journal.update_run(lease.run_id, worker=None, lease_expires_at=None, released="stopped")
             try:
                 await self._journal.commit()
             except Exception:
                 log.exception("could not hand over %d run(s); their leases lapse instead", len(late_runs))
-            for lease in late_runs:
+            for _, lease in late_runs:
                 self._journal.release(lease.run_id)
         self._bus.send_control({"op": "wake"})
 
@@ -211,7 +211,7 @@ class Worker:
             self.lose([run.id])
             await asyncio.gather(self._executions[run.id][1], return_exceptions=True)
         lease = Lease(run.id, self.id, run.lease_epoch)
-        self._journal.hold(lease)
+        self._journal.hold(lease, run.thread_id)
         self._journal.forget_thread(run.thread_id)  # the last writer may have been another worker
         if claim.mode == "takeover":
             self._metrics.recoveries.inc()
@@ -272,7 +272,7 @@ class Worker:
         claimed = await self._store.claim_paused(run.id, self.id, self._settings.lease)
         if claimed is None:
             return False
-        self._journal.hold(Lease(run.id, self.id, claimed.lease_epoch))
+        self._journal.hold(Lease(run.id, self.id, claimed.lease_epoch), run.thread_id)
         try:
             self._journal.forget_thread(run.thread_id)
             await self._journal.open_thread(run.thread_id)
