@@ -528,7 +528,7 @@ class Engine:
         return await self.store.list_runs(thread_id)
 
     async def active_runs(self, thread_id: str) -> list[Run]:
-        return [r for r in await self.store.list_runs(thread_id) if r.status in ACTIVE_STATUSES]
+        return await self.store.list_runs(thread_id, ACTIVE_STATUSES)
 
     async def active_runs_of(self, user: str) -> list[Run]:
         """The active runs of every thread of the user's."""

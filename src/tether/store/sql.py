@@ -257,11 +257,12 @@ class SQLStore:
         row = await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         return _run(row) if row else None
 
-    async def list_runs(self, thread_id: str) -> list[Run]:
-        rows = await self.db.fetch(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE thread_id = ? ORDER BY ordinal", (thread_id,)
-        )
-        return [_run(row) for row in rows]
+    async def list_runs(self, thread_id: str, statuses: tuple[RunStatus, ...] | None = None) -> list[Run]:
+        sql, args = f"SELECT {_RUN_COLUMNS} FROM runs WHERE thread_id = ?", (thread_id,)
+        if statuses is not None:
+            sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            args += statuses
+        return [_run(row) for row in await self.db.fetch(sql + " ORDER BY ordinal", args)]
 
     async def runs_with_status(self, statuses: tuple[RunStatus, ...], user_id: str | None = None) -> list[Run]:
         marks = ", ".join("?" for _ in statuses)
