@@ -154,13 +154,14 @@ async def test_a_reconnect_answered_from_the_tail_is_the_owners_alone(start_serv
         run = (
             await http.post(f"/v1/threads/{thread}/runs", json={"input": "/stream 100000 ms=1"}, headers=alice)
         ).json()
-        path = f"/v1/threads/{thread}/stream"
         await asyncio.sleep(0.5)
-        for order in (("bob", "alice"), ("alice", "bob")):  # before and after the tail knows its owner
-            for user in order:
-                last = (await http.get(f"/v1/threads/{thread}", headers=alice)).json()["last_seq"]
-                expected = (200, list(range(last - 4, last + 1))) if user == "alice" else (404, [])
-                assert await read_until(http, path, last - 5, user, 5) == expected, (order, user)
+        # Each order twice: before and after the tail knows its owner; through the thread's stream and the run's.
+        for path in (f"/v1/threads/{thread}/stream", f"/v1/runs/{run['run_id']}/stream"):
+            for order in (("bob", "alice"), ("alice", "bob")):
+                for user in order:
+                    last = (await http.get(f"/v1/threads/{thread}", headers=alice)).json()["last_seq"]
+                    expected = (200, list(range(last - 4, last + 1))) if user == "alice" else (404, [])
+                    assert await read_until(http, path, last - 5, user, 5) == expected, (path, order, user)
         status = (await http.get(f"/v1/runs/{run['run_id']}", headers=alice)).json()["status"]
         assert status == "running"  # the tail was in play throughout
         await http.post(f"/v1/runs/{run['run_id']}/cancel", headers=alice)

@@ -34,6 +34,7 @@ from tether.engine import branch, collector
 from tether.engine.agui import messages_snapshot
 from tether.engine.folds import LogFolds
 from tether.engine.journal import Journal
+from tether.engine.recent import Tail
 from tether.engine.runner import dump_history, load_history
 from tether.engine.streams import REPLAY_PAGE, Follower
 from tether.engine.worker import Worker
@@ -595,19 +596,18 @@ class Engine:
 
     # streams
 
+    # A stream of a thread whose run this worker holds is answered from the thread's tail in memory
+    # where it can be (engine/recent.py), so that a reconnect beside a busy run waits for no read: who
+    # the thread's owner is, that the resume point is not ahead of the log, the first page, and that
+    # the thread (or run) is not over. Anyone else is checked in the store, as before.
+
     async def follow_thread(self, thread_id: str, user: str, after: int) -> Follower:
-        # A thread whose run this worker holds is answered from its tail in memory where it can be
-        # (engine/recent.py): a reconnect beside a busy run then waits for no read.
         tail = self.journal.recent.tail(thread_id)
-        if tail is not None and tail.owner is not None:
-            if tail.owner != user:
-                raise NotFound(f"thread {thread_id!r} not found")
-        else:
-            thread = await self.get_thread(thread_id, user)
+        if tail is None or tail.owner != user:
+            await self.get_thread(thread_id, user)
             if tail is not None:
-                tail.owner = thread.user_id
-        if tail is None or after > tail.last:  # the tail can tell an id is not ahead of the log, never that it is
-            await self._check_after(after, await self.store.last_seq(thread_id))
+                tail.owner = user
+        await self._check_resume_point(after, thread_id, tail)
         return self._follower(
             user,
             after,
@@ -617,15 +617,19 @@ class Engine:
         )
 
     async def follow_run(self, run_id: str, user: str, after: int) -> Follower:
-        run = await self.get_run(run_id, user)
-        tail = self.journal.recent.tail(run.thread_id)
-        if tail is None or after > tail.last:
-            await self._check_after(after, await self.store.last_seq(run.thread_id))
+        thread_id = self.journal.recent.thread_of(run_id)
+        tail = self.journal.recent.tail(thread_id) if thread_id is not None else None
+        if tail is None or tail.owner != user:
+            thread_id = (await self.get_run(run_id, user)).thread_id
+            tail = self.journal.recent.tail(thread_id)
+            if tail is not None:
+                tail.owner = user
+        await self._check_resume_point(after, thread_id, tail)
         return self._follower(
             user,
             after,
-            channel=thread_channel(run.thread_id),
-            read=lambda after_, limit: self._read_events(run.thread_id, after_, limit, run_id),
+            channel=thread_channel(thread_id),
+            read=lambda after_, limit: self._read_events(thread_id, after_, limit, run_id),
             keep=lambda event: event.run_id == run_id,
             over=lambda: self._has_ended(run_id),
             ends=lambda event: event.run_id == run_id and _ends_run(event),
@@ -710,8 +714,14 @@ class Engine:
         """Whether a run is over (ended, or deleted with its thread): its stream ends once it has sent
         what is left. A run cancelled while queued has no events at all; one resumed after its last
         event has none left to send."""
+        if self.journal.recent.thread_of(run_id) is not None:
+            return False  # this worker executes it
         run = await self.store.get_run(run_id)
         return run is None or run.status in TERMINAL_STATUSES
+
+    async def _check_resume_point(self, after: int, thread_id: str, tail: Tail | None) -> None:
+        if tail is None or after > tail.last:  # the tail can tell an id is not ahead of the log, never that it is
+            await self._check_after(after, await self.store.last_seq(thread_id))
 
     @staticmethod
     async def _check_after(after: int, last: int) -> None:

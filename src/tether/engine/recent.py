@@ -81,6 +81,10 @@ class RecentEvents:
     def tail(self, thread_id: str) -> Tail | None:
         return self._tails.get(thread_id)
 
+    def thread_of(self, run_id: str) -> str | None:
+        """The thread of a run whose lease this worker holds (None for any other run)."""
+        return self._held.get(run_id)
+
     def read(self, thread_id: str, after: int, limit: int, run_id: str | None = None) -> list[Event] | None:
         """The committed events after `after` (of one run, with `run_id`), up to `limit`, if the tail
         has them; None if only the store can tell."""

@@ -60,8 +60,8 @@ class Follower:
         buffer: int,
         keepalive: float,
         closing: asyncio.Event,
-        keep: Callable[[Any], bool] = lambda item: True,
-        ends: Callable[[Any], bool] = lambda item: False,
+        keep: Callable[[Any], bool] | None = None,
+        ends: Callable[[Any], bool] | None = None,
         over: Callable[[], Awaitable[bool]] | None = None,
         on_close: Callable[[Follower], None] | None = None,
     ) -> None:
@@ -69,7 +69,9 @@ class Follower:
         self._channel = channel
         self._read = read
         self._keep = keep
+        """Which items of the channel to send (None: all)."""
         self._ends = ends
+        """Which item ends the stream (None: none does)."""
         self._over = over
         """Is what we follow over (deleted, or a run that has ended)? Then the stream sends what is left
         and ends. Asked once the log is replayed, and whenever the live tail is quiet."""
@@ -147,7 +149,7 @@ class Follower:
             page = await self._read(self._seen, limit)
             if page:
                 self._seen = page[-1].seq
-                kept = [item for item in page if self._keep(item)]
+                kept = page if self._keep is None else [item for item in page if self._keep(item)]
                 if kept:
                     self.last_seq = kept[-1].seq
                     yield kept
@@ -170,7 +172,7 @@ class Follower:
         for item in items:
             if item.seq > self._seen:
                 self._seen = item.seq
-                if self._keep(item):
+                if self._keep is None or self._keep(item):
                     fresh.append(item)
         return fresh
 
@@ -180,7 +182,7 @@ class Follower:
             self.cut_off.set()
 
     def _ended(self, batch: list[Any]) -> bool:
-        return any(self._ends(item) for item in batch)
+        return self._ends is not None and any(self._ends(item) for item in batch)
 
 
 def _seq(item: Any) -> int:
