@@ -1,12 +1,13 @@
 """Streaming benchmarks (issue 2), run by hand:
 
-    .venv/bin/python bench/stream.py [--quick] [--parts ...] [--steps 200,300] [--loop asyncio]
+    .venv/bin/python bench/stream.py [--quick] [--parts ...] [--steps 200,300] [--replays 7] [--loop asyncio]
 
 (a) the in-process ceiling: the demo model's `/stream 100000` consumed straight from pydantic-ai
     (Agent.iter + node.stream, as Tether's runner drives it), no server;
 (b) the same through Tether: a real `tether serve` process, durable, one SSE client over
     loopback; and the time from POST to the first event on an already-open thread stream;
-(c) replay of a 100,000-event thread: time to the first replayed event, and events/s;
+(c) replay of a 100,000-event thread: time to the first replayed event, and events/s (--replays
+    times, one after another: one server's replays vary less than two servers');
 (d) capacity: the most concurrent `/stream 400 ms=50` runs (20 words/s each) with the p99 gap
     between consecutive events at the clients under 250 ms, through Tether and for pydantic-ai
     alone (concurrent in-process runs); and the server's peak RSS per run;
@@ -442,8 +443,9 @@ async def main(args: argparse.Namespace) -> None:
                     f"p95 {quantile(latencies, 0.95) * 1000:.1f} ms"
                 )
             if thread is not None and "replay" in parts:
-                first, rate = await replay(server.url, thread, words + 7)
-                print(f"(c) replay of {words + 7} events: first after {first * 1000:.1f} ms, {rate:,.0f} events/s")
+                for _ in range(args.replays):
+                    first, rate = await replay(server.url, thread, words + 7)
+                    print(f"(c) replay of {words + 7} events: first after {first * 1000:.1f} ms, {rate:,.0f} events/s")
             if "tether-capacity" in parts or "alone-capacity" in parts:
                 print("(d) capacity, /stream 400 ms=50 per run, p99 gap < 250 ms")
             tether_best = alone_best = 0
@@ -509,6 +511,7 @@ def parse_args() -> argparse.Namespace:
         help="event loop of this process (its in-process runs and clients); auto is what the server uses, "
         "uvicorn's choice: uvloop when installed",
     )
+    parser.add_argument("--replays", type=int, default=1, help="replay (c)'s thread this many times, one after another")
     parser.add_argument(
         "--gc",
         choices=("default", "tuned"),
