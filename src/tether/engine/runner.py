@@ -233,7 +233,11 @@ class RunExecution:
                         usage = usage_event(run, self._finish(stream))
                         journal.event(run.thread_id, run.id, events.type_name(usage), events.encode(usage))
                     journal.event(run.thread_id, run.id, events.type_name(event), events.encode(event))
-                    if event.type == "TEXT_MESSAGE_CONTENT":
+                    if event.type == "RUN_STARTED":
+                        # Written before the agent's first step, which holds the loop (and so the GIL
+                        # the writer's thread needs) for milliseconds: clients see the run start at once.
+                        await journal.commit(run.id)
+                    elif event.type == "TEXT_MESSAGE_CONTENT":
                         crash_point("text_delta")
             if self.status == "running":
                 # Stopped at a step boundary: hand the run over to another worker now, not when the lease lapses.
