@@ -4,9 +4,8 @@ log would have answered, for any resume point, whoever writes the thread next, a
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -17,8 +16,10 @@ from tether.client import TetherClient, parse_sse
 from tether.engine.journal import Journal
 from tether.engine.recent import TAIL
 from tether.events import Event
-from tether.store import Lease, LeaseLost, Run, Thread
+from tether.store import Lease, LeaseLost, Thread
 from tether.store.sqlite import SQLiteStore
+
+from .test_store import a_run, a_thread
 
 
 @pytest.fixture
@@ -31,31 +32,25 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 async def claimed_run(store: SQLiteStore, worker: str, lease: float) -> tuple[Thread, Lease]:
     """A thread with one run, claimed by `worker` as a worker's claim loop would."""
-    now = time.time()
-    thread = Thread(id=f"thr_{uuid.uuid4().hex}", title=None, created_at=now, updated_at=now)
-    await store.create_thread(thread)
-    run = Run(
-        id=f"run_{uuid.uuid4().hex}",
-        thread_id=thread.id,
-        status="queued",
-        input="hi",
-        multitask="enqueue",
-        model=None,
-        created_at=now,
-    )
+    thread = await a_thread(store)
+    run = a_run(thread)
     await store.create_run(run)
     (claim,) = await store.claim_runs(worker, lease, 10)
     return thread, Lease(run.id, worker, claim.run.lease_epoch)
 
 
-async def writing(store: SQLiteStore, thread: Thread, lease: Lease) -> Journal:
+@asynccontextmanager
+async def writing(store: SQLiteStore, thread: Thread, lease: Lease) -> AsyncIterator[Journal]:
     """A journal that holds `lease` and has opened its thread, as a worker running the run has."""
     journal = Journal(store, MemoryBus(), interval=0.001)
     await journal.start()
-    journal.hold(lease, thread.id)
-    journal.forget_thread(thread.id)
-    await journal.open_thread(thread.id)
-    return journal
+    try:
+        journal.hold(lease, thread.id)
+        journal.forget_thread(thread.id)
+        await journal.open_thread(thread.id)
+        yield journal
+    finally:
+        await journal.stop()
 
 
 async def append(journal: Journal, thread: Thread, lease: Lease, count: int, commits: int = 1) -> None:
@@ -71,8 +66,7 @@ def as_rows(events: list[Event] | None) -> list[tuple[int, str, str]] | None:
 
 async def test_the_tail_answers_exactly_what_the_log_would_or_nothing(store: SQLiteStore) -> None:
     thread, lease = await claimed_run(store, "a", 30)
-    journal = await writing(store, thread, lease)
-    try:
+    async with writing(store, thread, lease) as journal:
         await append(journal, thread, lease, 60, commits=5)  # 300 events, in five group commits
         answered = set()
         for after in range(0, 302):
@@ -85,14 +79,11 @@ async def test_the_tail_answers_exactly_what_the_log_would_or_nothing(store: SQL
                     assert as_rows(journal.recent.read(thread.id, after, limit, lease.run_id)) == as_rows(recent)
         # It holds the last TAIL events, and never claims to know that nothing follows the last.
         assert answered == set(range(300 - TAIL, 300))
-    finally:
-        await journal.stop()
 
 
 async def test_a_tail_goes_with_its_lease(store: SQLiteStore) -> None:
     thread, lease = await claimed_run(store, "a", 30)
-    journal = await writing(store, thread, lease)
-    try:
+    async with writing(store, thread, lease) as journal:
         await append(journal, thread, lease, 10)
         assert journal.recent.read(thread.id, 5, 100) is not None
         journal.release(lease.run_id)
@@ -101,24 +92,18 @@ async def test_a_tail_goes_with_its_lease(store: SQLiteStore) -> None:
         journal.forget_thread(thread.id)
         await journal.open_thread(thread.id)
         assert journal.recent.tail(thread.id) is None
-    finally:
-        await journal.stop()
 
 
 async def test_a_worker_that_lost_its_run_answers_a_prefix_of_the_log_and_then_nothing(store: SQLiteStore) -> None:
     thread, lease = await claimed_run(store, "a", 0.05)
-    old = await writing(store, thread, lease)
-    try:
+    async with writing(store, thread, lease) as old:
         await append(old, thread, lease, 20)
         await asyncio.sleep(0.1)  # its lease lapses unrenewed; another worker takes the run over
         (claim,) = await store.claim_runs("b", 30, 10)
         assert claim.mode == "takeover"
         heir_lease = Lease(lease.run_id, "b", claim.run.lease_epoch)
-        heir = await writing(store, thread, heir_lease)
-        try:
+        async with writing(store, thread, heir_lease) as heir:
             await append(heir, thread, heir_lease, 5)
-        finally:
-            await heir.stop()
         # The old worker has not heard yet: what it answers is still the log's, up to what it wrote...
         assert as_rows(old.recent.read(thread.id, 10, 500)) == as_rows(await store.read_events(thread.id, 10, 10))
         assert old.recent.read(thread.id, 20, 500) is None  # ...and beyond that it asks the store
@@ -128,8 +113,6 @@ async def test_a_worker_that_lost_its_run_answers_a_prefix_of_the_log_and_then_n
             await append(old, thread, lease, 1)
         assert old.recent.tail(thread.id) is None
         assert [e.seq for e in await store.read_events(thread.id, 0, 100)] == list(range(1, 26))
-    finally:
-        await old.stop()
 
 
 async def read_until(http: httpx.AsyncClient, path: str, after: int, user: str, count: int) -> tuple[int, list[int]]:
