@@ -233,11 +233,7 @@ class RunExecution:
                         usage = usage_event(run, self._finish(stream))
                         journal.event(run.thread_id, run.id, events.type_name(usage), events.encode(usage))
                     journal.event(run.thread_id, run.id, events.type_name(event), events.encode(event))
-                    if event.type == "RUN_STARTED":
-                        # Written before the agent's first step, which holds the loop (and so the GIL
-                        # the writer's thread needs) for milliseconds: clients see the run start at once.
-                        await journal.commit(run.id)
-                    elif event.type == "TEXT_MESSAGE_CONTENT":
+                    if event.type == "TEXT_MESSAGE_CONTENT":
                         crash_point("text_delta")
             if self.status == "running":
                 # Stopped at a step boundary: hand the run over to another worker now, not when the lease lapses.
@@ -434,6 +430,10 @@ class RunExecution:
         Calls of tools the user chose to always allow in this thread are approved on the spot:
         the run continues in a new agent iteration instead of pausing.
         """
+        # What came before the agent's first step (RUN_STARTED) is written first: that step holds the
+        # loop, and so the GIL that the writer's thread needs, for milliseconds. Awaited here, before the
+        # agent run exists, a cancel meanwhile is only noted (and the agent run is cancelled at its start).
+        await self._journal.drained()
         served, deps = await self._served_agent()
         loop = asyncio.get_running_loop()
         turn_ends = loop.time() + TURN
