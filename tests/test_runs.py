@@ -152,6 +152,21 @@ async def test_a_run_streaming_at_full_speed_is_cancelled_cleanly_wherever_the_c
         assert (await client.get_thread(thread["id"]))["status"] == "idle"
 
 
+async def test_a_cancel_in_a_runs_first_milliseconds_ends_it_as_cancelled(server):
+    """Queued, being claimed, writing its first events, or starting its agent: wherever the cancel
+    lands, the run ends as cancelled, and its stream ends."""
+    async with TetherClient(server.url) as client:
+        thread = await client.create_thread()
+        for attempt in range(20):
+            run = await client.send(thread["id"], "/stream 1000000")
+            await asyncio.sleep(0.001 * attempt)
+            cancelled = await client.cancel(run["run_id"])
+            assert cancelled["status"] == "cancelled", attempt
+            events = await asyncio.wait_for(read_run(client, run["run_id"]), 30)
+            assert not events or events[-1].data["type"] == "RUN_FINISHED", attempt
+        assert (await client.get_thread(thread["id"]))["status"] == "idle"
+
+
 async def test_fifty_runs_on_fifty_threads_at_once(server):
     async with TetherClient(server.url) as client:
         threads = await asyncio.gather(*[client.create_thread() for _ in range(50)])
