@@ -130,11 +130,42 @@ async def test_checkpoints_store_what_they_add_and_read_back_whole(open_stores):
         previous = messages
         latest = await store.latest_checkpoint(thread.id)
         assert latest is not None and latest.messages == messages
+        read = await store.get_checkpoint(latest.id)  # from the database, not the store's memory
+        assert read is not None and read.messages == messages
     stored = sum(len(m) for m in shapes[-1])
     on_disk = await stored_checkpoint_bytes(store)
     assert on_disk < 3 * stored, f"{on_disk} bytes of checkpoints for a {stored}-byte history"
     first = await store.get_checkpoint(latest.id - len(shapes) + 1)
     assert first is not None and first.messages == shapes[0]
+
+
+@pytest.mark.parametrize("store_kind", ["postgres"], indirect=True)
+async def test_a_worker_reads_the_checkpoint_another_worker_wrote_after_its_own(open_stores):
+    here, there = await open_stores(2)
+    thread = await a_thread(here)
+    mine = history(5)
+    await here.write(WriteBatch(checkpoints=[Checkpoint(thread.id, None, mine, time.time())]))
+    assert (await here.latest_checkpoint(thread.id)).messages == mine  # kept in memory from here on
+    theirs = history(8)
+    await there.write(WriteBatch(checkpoints=[Checkpoint(thread.id, None, theirs, time.time(), follows=mine)]))
+    assert (await here.latest_checkpoint(thread.id)).messages == theirs
+    assert (await here.thread_snapshot(thread.id)).checkpoint.messages == theirs
+    rewound = mine[:2]
+    await here.write(WriteBatch(checkpoints=[Checkpoint(thread.id, None, rewound, time.time(), follows=theirs)]))
+    assert (await there.latest_checkpoint(thread.id)).messages == rewound
+    await there.delete_thread(thread.id)
+    assert await here.latest_checkpoint(thread.id) is None
+
+
+async def test_a_kept_checkpoint_is_a_copy_of_its_own(open_stores):
+    (store,) = await open_stores()
+    thread = await a_thread(store)
+    messages = history(3)
+    await store.write(WriteBatch(checkpoints=[Checkpoint(thread.id, None, messages, time.time())]))
+    messages.append(b"changed by its writer")
+    first = await store.latest_checkpoint(thread.id)
+    first.messages.clear()
+    assert (await store.latest_checkpoint(thread.id)).messages == history(3)
 
 
 def said(*texts: str) -> list[bytes]:

@@ -9,6 +9,9 @@ messages of its parent (the thread's checkpoint before it) and adds its own,
 one pydantic-ai JSON text per line (JSON text has no raw newline). A thread's
 history is written about once, not once per checkpoint, and reading any
 checkpoint is one recursive query that walks back only as far as it keeps.
+The latest checkpoints this process wrote or read are also kept in memory
+(see `tether.store.cache`): a run's start asks only which id is its
+thread's latest.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from tether.store import (
     WriteBatch,
     search,
 )
+from tether.store.cache import CheckpointCache
 from tether.store.db import Database, Execute, InsertMany, Query, Script
 
 log = logging.getLogger("tether.store")
@@ -110,6 +114,7 @@ class SQLStore:
         self.db = db
         d = db.dialect
         self.engine = d.name
+        self._checkpoints = CheckpointCache()
         self._claimable = f"""
             SELECT r.id, r.status, r.released, r.worker FROM runs AS r
             WHERE (r.status = 'queued' AND NOT EXISTS (
@@ -216,6 +221,7 @@ class SQLStore:
             yield Execute("DELETE FROM threads WHERE id = ?", (thread_id,))
 
         await self.db.transaction(script())
+        self._checkpoints.forget(thread_id)
 
     # runs
 
@@ -426,23 +432,36 @@ class SQLStore:
     # checkpoints
 
     async def latest_checkpoint(self, thread_id: str) -> Checkpoint | None:
-        latest = "(SELECT MAX(id) FROM checkpoints WHERE thread_id = ?)"
-        return _checkpoint(await self.db.fetch(_chain(latest) + " ORDER BY depth DESC", (thread_id, thread_id)))
+        row = await self._one("SELECT MAX(id) FROM checkpoints WHERE thread_id = ?", (thread_id,))
+        return await self._latest(thread_id, row[0] if row else None)
 
     async def get_checkpoint(self, checkpoint_id: int) -> Checkpoint | None:
         return _checkpoint(await self.db.fetch(_chain("?") + " ORDER BY depth DESC", (checkpoint_id, checkpoint_id)))
 
+    async def _latest(self, thread_id: str, checkpoint_id: int | None) -> Checkpoint | None:
+        """The thread's checkpoint `checkpoint_id`, found to be its latest: from memory if it is there."""
+        if checkpoint_id is None:
+            return None
+        checkpoint = self._checkpoints.get(thread_id, checkpoint_id)
+        if checkpoint is None:
+            checkpoint = await self.get_checkpoint(checkpoint_id)
+            if checkpoint is not None:
+                self._checkpoints.put(checkpoint)
+        return checkpoint
+
     async def thread_snapshot(self, thread_id: str) -> ThreadSnapshot:
         # One statement reads one snapshot of the database: the three answers agree with each other.
-        chain = _chain("(SELECT MAX(id) FROM checkpoints WHERE thread_id = ?)")
-        rows = await self.db.fetch(
+        # (The checkpoint is read after it by its id, which names the same history at any later time.)
+        row = await self._one(
             f"SELECT (SELECT MAX(seq) FROM events WHERE thread_id = ?), "
-            f"EXISTS (SELECT 1 FROM runs WHERE thread_id = ? AND status IN ({_ACTIVE})), c.* "
-            f"FROM (SELECT 1 AS one) AS one LEFT JOIN ({chain}) AS c ON TRUE ORDER BY c.depth DESC",
-            (thread_id, thread_id, thread_id, thread_id),
+            f"EXISTS (SELECT 1 FROM runs WHERE thread_id = ? AND status IN ({_ACTIVE})), "
+            f"(SELECT MAX(id) FROM checkpoints WHERE thread_id = ?)",
+            (thread_id, thread_id, thread_id),
         )
-        checkpoint = _checkpoint([row[2:] for row in rows if row[2] is not None])
-        return ThreadSnapshot(last_seq=rows[0][0] or 0, checkpoint=checkpoint, run_active=bool(rows[0][1]))
+        assert row is not None
+        last_seq, run_active, checkpoint_id = row
+        checkpoint = await self._latest(thread_id, checkpoint_id)
+        return ThreadSnapshot(last_seq=last_seq or 0, checkpoint=checkpoint, run_active=bool(run_active))
 
     # the event log and the feed
 
@@ -512,9 +531,15 @@ class SQLStore:
         return [ClientMessage(t, m, r, bool(i)) for t, m, r, i in rows]
 
     async def write(self, batch: WriteBatch) -> list[FeedItem]:
-        return await self.db.transaction(self._write(batch))
+        stored: list[tuple[Checkpoint, int]] = []
+        feed = await self.db.transaction(self._write(batch, stored))
+        for checkpoint, checkpoint_id in stored:  # committed: now they have their ids
+            checkpoint.id = checkpoint_id
+            self._checkpoints.put(checkpoint)
+        return feed
 
-    def _write(self, batch: WriteBatch) -> Script[list[FeedItem]]:
+    def _write(self, batch: WriteBatch, stored: list[tuple[Checkpoint, int]]) -> Script[list[FeedItem]]:
+        """The batch's statements; each checkpoint written goes to `stored` with the id it is given."""
         if batch.leases:
             # One statement for every run of the batch; its row locks are taken in one order (by run id),
             # as in every transaction that takes several: no deadlocks.
@@ -533,11 +558,12 @@ class SQLStore:
             yield InsertMany("events", _EVENT_COLUMNS, rows)
         for cp in batch.checkpoints:
             keep = _shared_prefix(cp.follows, cp.messages)
-            yield Execute(
+            ((checkpoint_id,),) = yield Query(
                 "INSERT INTO checkpoints (thread_id, run_id, created_at, kind, keep, messages, parent_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, (SELECT MAX(id) FROM checkpoints WHERE thread_id = ?))",
+                "VALUES (?, ?, ?, ?, ?, ?, (SELECT MAX(id) FROM checkpoints WHERE thread_id = ?)) RETURNING id",
                 (cp.thread_id, cp.run_id, cp.created_at, cp.kind, keep, b"\n".join(cp.messages[keep:]), cp.thread_id),
             )
+            stored.append((cp, checkpoint_id))
             yield from _index_messages(cp.thread_id, cp.messages, keep, rewound=keep < len(cp.follows))
         for run_id, fields in sorted(batch.run_updates, key=lambda update: update[0]):  # stable: in order per run
             yield _run_update(run_id, fields)
