@@ -181,6 +181,8 @@ class PostgresDatabase:
         except CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"PostgreSQL at {self.url} is unreachable: {exc}") from exc
 
+    quick_transaction = transaction  # asyncpg runs every transaction on the event loop already
+
 
 class PostgresStore(SQLStore):
     """The store in a PostgreSQL database shared by every worker."""

@@ -532,7 +532,7 @@ class SQLStore:
 
     async def write(self, batch: WriteBatch) -> list[FeedItem]:
         stored: list[tuple[Checkpoint, int]] = []
-        feed = await self.db.transaction(self._write(batch, stored))
+        feed = await self.db.quick_transaction(self._write(batch, stored))
         for checkpoint, checkpoint_id in stored:  # committed: now they have their ids
             checkpoint.id = checkpoint_id
             self._checkpoints.put(checkpoint)
