@@ -21,6 +21,7 @@ from tether.app import open_store
 from tether.config import Settings
 from tether.events import Event
 from tether.store import DEFAULT_USER, Checkpoint, FeedNotice, Lease, LeaseLost, Run, Store, Thread, WriteBatch
+from tether.store.db import Execute
 from tether.store.migrations import MIGRATIONS
 from tether.store.sqlite import SQLiteStore
 
@@ -350,5 +351,37 @@ async def test_a_follower_fills_what_the_bus_lost_and_orders_what_it_mixed(tmp_p
         bus.publish(thread_channel("thr_f"), [extra[1], extra[0]])
         assert [e.seq for e in await asyncio.wait_for(anext(batches), 5)] == [10, 11]
         await batches.aclose()
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_write_keeps_the_connection_until_its_thread_is_done(tmp_path: Path):
+    """A transaction on the writer's thread runs on after its caller is cancelled; a group commit on
+    the loop must not use the connection meanwhile."""
+    import threading
+
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        thread = await a_thread(store)
+        release = threading.Event()
+
+        def slow() -> Any:
+            yield Execute("UPDATE threads SET title = 'slow' WHERE id = ?", (thread.id,))
+            release.wait(5)  # on the writer's thread, inside the transaction
+
+        slow_write = asyncio.create_task(store.db.transaction(slow()))
+        await asyncio.sleep(0.05)
+        slow_write.cancel()
+        await asyncio.sleep(0.05)
+        commit = asyncio.create_task(
+            store.write(WriteBatch(checkpoints=[Checkpoint(thread.id, None, history(2), 1.0)]))
+        )
+        await asyncio.sleep(0.05)
+        assert not commit.done()  # it waits for the writer's thread
+        release.set()
+        await commit
+        assert (await store.get_thread(thread.id)).title == "slow"
+        assert (await store.latest_checkpoint(thread.id)).messages == history(2)
     finally:
         await store.close()

@@ -41,7 +41,7 @@ class CheckpointCache:
         assert checkpoint.id is not None, "only a stored checkpoint can be kept"
         thread_id = checkpoint.thread_id
         held = self._by_thread.get(thread_id)
-        if held is not None and held[0].id is not None and held[0].id > checkpoint.id:
+        if held is not None and held[0].id > checkpoint.id:
             return  # a later one is kept already
         self.forget(thread_id)
         size = sum(len(message) for message in checkpoint.messages)

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from tether.errors import NotFound
@@ -534,8 +534,7 @@ class SQLStore:
         stored: list[tuple[Checkpoint, int]] = []
         feed = await self.db.quick_transaction(self._write(batch, stored))
         for checkpoint, checkpoint_id in stored:  # committed: now they have their ids
-            checkpoint.id = checkpoint_id
-            self._checkpoints.put(checkpoint)
+            self._checkpoints.put(replace(checkpoint, id=checkpoint_id))
         return feed
 
     def _write(self, batch: WriteBatch, stored: list[tuple[Checkpoint, int]]) -> Script[list[FeedItem]]:

@@ -273,7 +273,13 @@ class SQLiteDatabase:
 
     async def transaction(self, script: Script[T]) -> T:
         async with self._writing:
-            return await self._writer.call(_in_transaction(script, self._check_identity))
+            work = asyncio.ensure_future(self._writer.call(_in_transaction(script, self._check_identity)))
+            try:
+                return await asyncio.shield(work)
+            finally:
+                # A caller cancelled meanwhile does not stop the writer's thread: the connection is
+                # busy until it is done, and the lock is held until then.
+                await asyncio.wait([work])
 
     async def quick_transaction(self, script: Script[T]) -> T:
         # On the event loop's thread: a hop to the writer's thread and back costs the loop more than
